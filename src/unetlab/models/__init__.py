@@ -1,0 +1,7 @@
+"""Model family: every architecture is registered by name and built with `create_model`."""
+
+from unetlab.models import unet as _unet  # noqa: F401  (registers "unet")
+from unetlab.models.registry import create_model, list_models, register_model
+from unetlab.models.unet import UNet
+
+__all__ = ["UNet", "create_model", "list_models", "register_model"]

@@ -1,0 +1,184 @@
+"""The typed config tree: every option a run uses, with its default, validated in one place.
+
+A config is loaded from YAML (or built from defaults), then `--set a.b=value` overrides are
+applied; unknown keys and bad values are refused with a message naming the key. The resolved
+config is written to the run folder and stored inside checkpoints, so a run can be re-created.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from unetlab.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    format: Literal["tgs"] = "tgs"
+    root: Optional[str] = None
+    input_size: int = Field(128, ge=8, description="side of the square the model sees")
+    sizing: Literal["pad", "resize"] = "pad"
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    coverage_bins: int = Field(10, ge=1, description="salt-coverage classes for the stratified split")
+    split_file: Optional[str] = Field(None, description="reuse the split.json of an earlier run")
+
+
+class ModelConfig(_Section):
+    name: str = "unet"
+    in_channels: int = Field(1, ge=1)
+    classes: int = Field(1, ge=1)
+    base_width: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1, le=7)
+    batch_norm: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    scse: bool = False
+
+
+class LossConfig(_Section):
+    name: Literal["bce", "dice", "bce_dice", "lovasz", "bce_lovasz"] = "bce"
+    # Lovász from random initialisation stalls: it joins once this share of training is done.
+    lovasz_start: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class OptimConfig(_Section):
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class ScheduleConfig(_Section):
+    name: Literal["plateau", "cosine", "onecycle", "constant"] = "plateau"
+    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    patience: int = Field(5, ge=0)
+    min_lr: float = Field(1e-6, ge=0.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+class AugmentConfig(_Section):
+    hflip: bool = True
+    vflip: bool = False  # seismic depth has a direction
+    shift: float = Field(0.0, ge=0.0, le=0.5, description="max translation as a share of the side")
+    scale: float = Field(0.0, ge=0.0, le=0.5, description="max relative zoom in or out")
+    brightness: float = Field(0.0, ge=0.0, le=1.0)
+    contrast: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(32, ge=1)
+    early_stop_patience: int = Field(10, ge=0, description="0 turns early stopping off")
+    monitor: str = "val/loss"
+    monitor_mode: Literal["min", "max"] = "min"
+    max_minutes: Optional[float] = Field(None, gt=0.0, description="stop after this wall-clock budget")
+    precision: Literal["bf16", "fp32"] = "bf16"
+    channels_last: bool = True
+    device: str = "auto"
+    num_threads: Optional[int] = Field(None, ge=1)
+    figure_every: int = Field(0, ge=0, description="epochs between validation figures; 0 = only at the end")
+
+
+class EvalConfig(_Section):
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    tta: Literal["none", "hflip"] = "none"
+
+
+class Config(_Section):
+    name: str = "run"
+    seed: int = 42
+    task: Literal["binary"] = "binary"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    augment: AugmentConfig = AugmentConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+
+    @model_validator(mode="after")
+    def _task_consistent(self) -> "Config":
+        if self.task == "binary" and self.model.classes != 1:
+            raise ValueError("model.classes must be 1 for task 'binary' (one logit per pixel)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown config key '{key}'; check the spelling (see configs/ for every key)"
+    return f"{source}: bad value for '{key}': {first['msg']}"
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set train.epochs=5")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"--set {text!r}: empty key")
+    # YAML parsing turns '5' into 5, 'true' into True, 'null' into None, '[1,2]' into a list.
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b=value` overrides to a nested dict (in place) and return it."""
+    for text in overrides:
+        path, value = _parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at `path` (if any), then `overrides` (`a.b=value`)."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        data = loaded
+    if overrides:
+        apply_overrides(data, overrides)
+        source = f"{source} with --set"
+    return config_from_dict(data, source)

@@ -1,0 +1,54 @@
+"""Batched augmentation on the training device: tensors in, tensors out, no per-image Python.
+
+Seismic preset: horizontal flips, small shifts and zooms, brightness/contrast; no vertical flip
+by default because depth has a direction.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from unetlab.config import AugmentConfig
+
+
+class BatchAugment:
+    def __init__(self, cfg: AugmentConfig):
+        self.cfg = cfg
+
+    @property
+    def geometric(self) -> bool:
+        return self.cfg.shift > 0 or self.cfg.scale > 0
+
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """images float (N, C, H, W), masks float 0/1 (N, 1, H, W) on the same device."""
+        cfg, n, device = self.cfg, images.shape[0], images.device
+
+        def uniform(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, generator=generator, device="cpu").to(device)
+
+        if cfg.hflip:
+            flip = uniform(n) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+            masks = torch.where(flip[:, None, None, None], masks.flip(-1), masks)
+        if cfg.vflip:
+            flip = uniform(n) < 0.5
+            images = torch.where(flip[:, None, None, None], images.flip(-2), images)
+            masks = torch.where(flip[:, None, None, None], masks.flip(-2), masks)
+        if self.geometric:
+            zoom = 1.0 + (uniform(n) * 2 - 1) * cfg.scale
+            shift = (uniform(n, 2) * 2 - 1) * cfg.shift * 2  # affine_grid coordinates span 2 per side
+            theta = torch.zeros(n, 2, 3, device=device)
+            theta[:, 0, 0] = 1.0 / zoom
+            theta[:, 1, 1] = 1.0 / zoom
+            theta[:, :, 2] = shift
+            grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+            masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="reflection", align_corners=False)
+        if cfg.brightness > 0 or cfg.contrast > 0:
+            mean = images.mean(dim=(1, 2, 3), keepdim=True)
+            gain = 1.0 + (uniform(n, 1, 1, 1) * 2 - 1) * cfg.contrast
+            offset = (uniform(n, 1, 1, 1) * 2 - 1) * cfg.brightness
+            images = (images - mean) * gain + mean + offset
+        return images, masks

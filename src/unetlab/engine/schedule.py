@@ -1,0 +1,97 @@
+"""Learning-rate schedules chosen by name; each says whether it steps per batch or per epoch."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from unetlab.config import Config
+
+
+class Schedule:
+    per_step = False
+    per_epoch = False
+
+    def step(self, value: float | None = None) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Constant(Schedule):
+    def step(self, value: float | None = None) -> None:
+        pass
+
+
+class Plateau(Schedule):
+    """The seed's schedule: multiply the learning rate by `factor` when the monitored value stalls."""
+
+    per_epoch = True
+
+    def __init__(self, cfg: Config, optimizer: torch.optim.Optimizer):
+        self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=cfg.train.monitor_mode, factor=cfg.schedule.factor,
+            patience=cfg.schedule.patience, min_lr=cfg.schedule.min_lr)
+
+    def step(self, value: float | None = None) -> None:
+        self.inner.step(value)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state)
+
+
+class Cosine(Schedule):
+    """Cosine decay with linear warm-up, driven by training progress in [0, 1].
+
+    Progress is the larger of the share of planned steps done and the share of the time budget
+    spent, so a run cut short by `train.max_minutes` still anneals its learning rate to the end.
+    """
+
+    per_step = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, floor: float):
+        self.optimizer, self.warmup, self.floor = optimizer, warmup, floor
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.progress = 0.0
+        self.step(0.0)
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup:
+            return self.floor + (1.0 - self.floor) * progress / self.warmup
+        rest = min((progress - self.warmup) / max(1.0 - self.warmup, 1e-12), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+    def step(self, value: float | None = None) -> None:
+        self.progress = float(value or 0.0)
+        scale = self.factor(self.progress)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"progress": self.progress, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        self.step(state["progress"])
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Schedule:
+    name = cfg.schedule.name
+    if name == "constant":
+        return Constant()
+    if name == "plateau":
+        return Plateau(cfg, optimizer)
+    warmup = cfg.schedule.warmup_epochs / cfg.train.epochs
+    if name == "onecycle" and warmup == 0:
+        warmup = 0.3  # one-cycle's usual 30 % rise
+    floor = min(cfg.schedule.min_lr / cfg.optim.lr, 1.0)
+    return Cosine(optimizer, min(warmup, 0.99), floor)

@@ -1,0 +1,318 @@
+"""The training loop: data on the device, batched augmentation, bf16 + channels_last, callbacks.
+
+`train(config)` is what `unetlab train` runs. It writes the run folder:
+config.yaml, split.json, metrics.csv, TensorBoard events, checkpoints/{best,last}.pt, figures/.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from unetlab.config import Config
+from unetlab.data.augment import BatchAugment
+from unetlab.data.formats.tgs import BinaryDataset, load_tgs
+from unetlab.data.io import atomic_write_text
+from unetlab.data.sizing import Sizing
+from unetlab.data.splits import coverage_classes, load_split, save_split, stratified_split
+from unetlab.data.tensors import channel_stats, images_to_tensor, masks_to_tensor, normalize
+from unetlab.engine.checkpoint import save_checkpoint
+from unetlab.engine.schedule import build_scheduler
+from unetlab.errors import ConfigError, UnetlabError
+from unetlab.inference.predictor import autocast, forward_probs, resolve_device
+from unetlab.losses import build_loss
+from unetlab.metrics import BinarySegmentationMetrics
+from unetlab.models import create_model
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_value: float
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+    stop_reason: str = ""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def new_run_dir(base: str | Path, name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(base) / f"{name}-{stamp}"
+    suffix = 1
+    while run_dir.exists():
+        suffix += 1
+        run_dir = Path(base) / f"{name}-{stamp}-{suffix}"
+    return run_dir
+
+
+def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+
+
+class MetricsLog:
+    """metrics.csv (rewritten atomically each epoch, so it is never half-written) plus TensorBoard."""
+
+    def __init__(self, run_dir: Path, config: Config):
+        self.path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, float]] = []
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(run_dir))
+        self.writer.add_text("config", "```yaml\n" + config.to_yaml() + "\n```")
+
+    def append(self, row: dict[str, float]) -> None:
+        self.rows.append(row)
+        columns: list[str] = []
+        for r in self.rows:
+            columns += [key for key in r if key not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write_text(self.path, buffer.getvalue())
+        epoch = int(row["epoch"])
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                self.writer.add_scalar(key, value, epoch)
+        self.writer.flush()
+
+    def step_scalar(self, key: str, value: float, step: int) -> None:
+        self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Progress:
+    """A rich progress bar with ETA and images/s, or nothing when disabled (tests, logs)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def start(self, epochs: int, steps: int) -> None:
+        if not self.enabled:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+        from rich.progress import TimeElapsedColumn, TimeRemainingColumn
+
+        self._bar = RichProgress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[ips]:.1f} img/s"), TextColumn("loss {task.fields[loss]:.4f}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+        )
+        self._bar.start()
+        self._epochs = self._bar.add_task("epochs", total=epochs, ips=0.0, loss=float("nan"))
+        self._steps = self._bar.add_task("epoch 1", total=steps, ips=0.0, loss=float("nan"))
+
+    def step(self, epoch: int, step: int, ips: float, loss: float) -> None:
+        if self._bar is not None:
+            self._bar.update(self._steps, completed=step, description=f"epoch {epoch + 1}", ips=ips, loss=loss)
+
+    def epoch_done(self, epoch: int, summary: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._epochs, completed=epoch + 1)
+            self._bar.console.print(summary)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _split(cfg: Config, dataset: BinaryDataset, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    if cfg.data.split_file:
+        train_idx, val_idx = load_split(cfg.data.split_file, dataset.ids)
+    else:
+        strata = coverage_classes(dataset.coverage, cfg.data.coverage_bins)
+        train_idx, val_idx = stratified_split(strata, cfg.data.val_fraction, cfg.seed)
+    save_split(run_dir / "split.json", dataset.ids, train_idx, val_idx, seed=cfg.seed,
+               val_fraction=cfg.data.val_fraction, stratified_by="salt coverage",
+               coverage_bins=cfg.data.coverage_bins)
+    return train_idx, val_idx
+
+
+def _improved(value: float, best: float, mode: str) -> bool:
+    if not math.isfinite(value):
+        return False
+    return value < best if mode == "min" else value > best
+
+
+def train(config: Config, data_root: str | Path | None = None, run_dir: str | Path | None = None,
+          runs_base: str | Path = "runs", progress: bool = True,
+          log: Callable[[str], None] = print, dataset: BinaryDataset | None = None) -> TrainResult:
+    """Train a model as `config` says and return where the run was written."""
+    start_time = time.perf_counter()
+    cfg = config
+    if data_root is not None:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
+    if cfg.data.root is None and dataset is None:
+        raise ConfigError("data.root: no data folder given; pass --data DIR or set data.root in the config")
+    seed_everything(cfg.seed)
+    if cfg.train.num_threads:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp32")
+
+    dataset = dataset if dataset is not None else load_tgs(cfg.data.root)  # type: ignore[arg-type]
+    run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_base, cfg.name)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UnetlabError(f"{run_dir}: run folder exists and is not empty; choose another --out "
+                           "(runs are never overwritten)")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (run_dir / "figures").mkdir(exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
+    train_idx, val_idx = _split(cfg, dataset, run_dir)
+    mean, std = channel_stats(dataset.images[train_idx])
+
+    # The whole (small) data set lives on the training device, already brought to the input size.
+    sizing = Sizing(cfg.data.sizing, cfg.data.input_size)
+    train_x = sizing.images(images_to_tensor(dataset.images[train_idx], device))
+    train_y = sizing.masks(masks_to_tensor(dataset.masks[train_idx], device)).to(torch.uint8)
+    val_x = normalize(sizing.images(images_to_tensor(dataset.images[val_idx], device)), mean, std)
+    val_y = sizing.masks(masks_to_tensor(dataset.masks[val_idx], device))
+    val_truth = torch.from_numpy(dataset.masks[val_idx]).to(device)
+    height, width = dataset.images.shape[1:3]
+
+    model = create_model(cfg.model.name, **cfg.model.model_dump(exclude={"name"})).to(device)
+    memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = build_optimizer(cfg, model)
+    batch_size = min(cfg.train.batch_size, len(train_idx))
+    steps_per_epoch = len(train_idx) // batch_size  # drop the last partial batch: batch norm needs > 1
+    scheduler = build_scheduler(cfg, optimizer)
+    loss_fn = build_loss(cfg.loss)
+    augment = BatchAugment(cfg.augment)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    metrics = BinarySegmentationMetrics()
+    logbook = MetricsLog(run_dir, cfg)
+    bar = Progress(progress)
+
+    mode = cfg.train.monitor_mode
+    best_value = math.inf if mode == "min" else -math.inf
+    best_epoch, epochs_without_improvement, stop_reason = -1, 0, "completed all epochs"
+    budget_s = cfg.train.max_minutes * 60 if cfg.train.max_minutes else math.inf
+    epoch_seconds: list[float] = []
+    global_step, total_steps = 0, cfg.train.epochs * steps_per_epoch
+
+    def progress_share() -> float:
+        """Share of training done: planned steps, or the time budget (less one epoch) if that is sooner."""
+        share = global_step / total_steps
+        if math.isfinite(budget_s):
+            usable = budget_s - (epoch_seconds[-1] if epoch_seconds else 0.0)
+            share = max(share, (time.perf_counter() - start_time) / max(usable, 1e-9))
+        return min(share, 1.0)
+
+    log(f"run folder: {run_dir}")
+    log(f"data: {len(dataset)} images {height}x{width} from {dataset.root or 'memory'}; "
+        f"train {len(train_idx)}, validation {len(val_idx)} (stratified by salt coverage)")
+    bar.start(cfg.train.epochs, steps_per_epoch)
+    try:
+        for epoch in range(cfg.train.epochs):
+            elapsed = time.perf_counter() - start_time
+            if epoch_seconds and elapsed + epoch_seconds[-1] > budget_s:
+                stop_reason = f"time budget of {cfg.train.max_minutes:g} min reached"
+                break
+            epoch_start = time.perf_counter()
+            model.train()
+            order = torch.randperm(len(train_idx), generator=generator).to(device)
+            loss_sum = torch.zeros((), device=device)
+            progress_now = progress_share()
+            for step in range(steps_per_epoch):
+                batch = order[step * batch_size : (step + 1) * batch_size]
+                images, masks = augment(train_x[batch], train_y[batch].float(), generator)
+                images = normalize(images, mean, std).contiguous(memory_format=memory_format)
+                with autocast(device, cfg.train.precision):
+                    logits = model(images)
+                loss = loss_fn(logits, masks, progress_now)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if scheduler.per_step:
+                    scheduler.step(progress_share())
+                loss_sum += loss.detach()
+                global_step += 1
+                if progress and (step % 5 == 0 or step == steps_per_epoch - 1):
+                    seconds = time.perf_counter() - epoch_start
+                    bar.step(epoch, step + 1, (step + 1) * batch_size / seconds, float(loss))
+            train_seconds = time.perf_counter() - epoch_start
+
+            model.eval()
+            metrics.reset()
+            val_loss = torch.zeros((), device=device)
+            with torch.no_grad():
+                for start in range(0, len(val_idx), 64):
+                    x = val_x[start : start + 64]
+                    with autocast(device, cfg.train.precision):
+                        logits = model(x.contiguous(memory_format=memory_format))
+                    val_loss += loss_fn(logits, val_y[start : start + 64], progress_now) * len(x)
+                    probs = sizing.restore(torch.sigmoid(logits.float()), height, width)
+                    metrics.update(probs, val_truth[start : start + 64], threshold=cfg.eval.threshold)
+            row: dict[str, float] = {
+                "epoch": epoch + 1, "step": global_step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train/loss": float(loss_sum) / steps_per_epoch,
+                "val/loss": float(val_loss) / len(val_idx),
+            }
+            row.update({f"val/{key}": float(value) for key, value in metrics.compute().items()})
+            row["train/images_per_s"] = steps_per_epoch * batch_size / train_seconds
+            row["time_s"] = time.perf_counter() - start_time
+            if cfg.train.monitor not in row:
+                raise ConfigError(f"train.monitor: {cfg.train.monitor!r} is not a logged metric; "
+                                  f"choose one of {', '.join(k for k in row if '/' in k)}")
+            logbook.append(row)
+            value = row[cfg.train.monitor]
+            if scheduler.per_epoch:
+                scheduler.step(value)
+            payload = {"model_state": model.state_dict(), "config": cfg.to_dict(), "mean": mean, "std": std,
+                       "threshold": cfg.eval.threshold, "epoch": epoch + 1,
+                       "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
+            marker = ""
+            if _improved(value, best_value, mode):
+                best_value, best_epoch, epochs_without_improvement = value, epoch + 1, 0
+                save_checkpoint(run_dir / "checkpoints" / "best.pt", payload)
+                marker = " (best)"
+            else:
+                epochs_without_improvement += 1
+            save_checkpoint(run_dir / "checkpoints" / "last.pt",
+                            {**payload, "optimizer_state": optimizer.state_dict(),
+                             "scheduler_state": scheduler.state_dict()})
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            summary = (f"epoch {epoch + 1:3d}  train/loss {row['train/loss']:.4f}  val/loss {row['val/loss']:.4f}  "
+                       f"val/iou {row['val/iou']:.3f}  val/tgs_map {row['val/tgs_map']:.3f}  "
+                       f"lr {row['lr']:.2e}  {row['train/images_per_s']:.1f} img/s{marker}")
+            if progress:
+                bar.epoch_done(epoch, summary)
+            else:
+                log(summary)
+            patience = cfg.train.early_stop_patience
+            if patience and epochs_without_improvement >= patience:
+                stop_reason = f"early stop: {cfg.train.monitor} did not improve for {patience} epochs"
+                break
+    finally:
+        bar.stop()
+        logbook.close()
+    if best_epoch < 0:
+        raise UnetlabError(f"{run_dir}: training produced no usable epoch ({cfg.train.monitor} was never finite)")
+    log(f"stopped: {stop_reason}; best {cfg.train.monitor} {best_value:.4f} at epoch {best_epoch}")
+    return TrainResult(run_dir, best_epoch, best_value, len(logbook.rows), logbook.rows, stop_reason)

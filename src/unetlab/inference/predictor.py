@@ -1,0 +1,91 @@
+"""Turning images into salt probabilities with a trained model; shared by validation, evaluate and predict."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from unetlab.config import Config, config_from_dict
+from unetlab.data.sizing import Sizing
+from unetlab.data.tensors import images_to_tensor, normalize
+from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from unetlab.models import create_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def forward_probs(model: nn.Module, x: torch.Tensor, precision: str = "fp32", tta: str = "none",
+                  channels_last: bool = False) -> torch.Tensor:
+    """Sigmoid probabilities (float32) for normalised, model-sized inputs; `hflip` averages with the mirrored pass."""
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device, precision):
+        probs = torch.sigmoid(model(x).float())
+        if tta == "hflip":
+            probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
+    return probs.float()
+
+
+class Predictor:
+    """A model with its sizing, normalisation and threshold, as stored in a checkpoint."""
+
+    def __init__(self, model: nn.Module, config: Config, mean: Sequence[float], std: Sequence[float],
+                 threshold: float, device: torch.device):
+        self.model = model.to(device).eval()
+        self.config, self.mean, self.std = config, list(mean), list(std)
+        self.threshold, self.device = threshold, device
+        self.sizing = Sizing(config.data.sizing, config.data.input_size)
+        self.precision = config.train.precision
+        self.channels_last = config.train.channels_last
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def load(cls, run_or_checkpoint: str | Path, which: str = "best", device: str = "auto") -> "Predictor":
+        path = resolve_checkpoint(run_or_checkpoint, which)
+        payload = load_checkpoint(path)
+        config = config_from_dict(payload["config"], source=str(path))
+        model = create_model(config.model.name, **config.model.model_dump(exclude={"name"}))
+        model.load_state_dict(payload["model_state"])
+        return cls(model, config, payload["mean"], payload["std"], float(payload["threshold"]),
+                   resolve_device(device))
+
+    def _batches(self, images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+        # Batch images of equal size together, so mixed-size folders still run batched.
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            by_shape.setdefault(image.shape, []).append(index)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), batch_size):
+                yield indices[start : start + batch_size]
+
+    def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32,
+                      tta: str | None = None) -> list[np.ndarray]:
+        """uint8 images (H, W) of any sizes -> float32 salt probabilities at each image's own size."""
+        tta = self.config.eval.tta if tta is None else tta
+        out: list[np.ndarray | None] = [None] * len(images)
+        for indices in self._batches(images, batch_size):
+            stack = np.stack([images[i] for i in indices])
+            height, width = stack.shape[1:3]
+            x = normalize(self.sizing.images(images_to_tensor(stack, self.device)), self.mean, self.std)
+            probs = forward_probs(self.model, x, self.precision, tta, self.channels_last)
+            probs = self.sizing.restore(probs, height, width)[:, 0].cpu().numpy()
+            for slot, prob in zip(indices, probs):
+                out[slot] = prob
+        return out  # type: ignore[return-value]

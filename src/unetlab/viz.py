@@ -1,0 +1,514 @@
+"""Every figure lives here; computing metrics does not.
+
+Functions take numpy arrays (images uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB, masks bool
+``(H, W)``, probabilities float ``(H, W)`` in ``[0, 1]``) and write PNG files. Callers pass in
+numbers they already computed (labels, precision/recall, metric rows); nothing here scores a
+prediction.
+
+Rendering uses matplotlib's object API (``Figure`` + ``FigureCanvasAgg``) and never pyplot: no
+global figure registry, so nothing leaks, it is safe from worker threads, and it never opens a
+display. We deliberately do not call ``matplotlib.use("Agg")``: the Agg canvas is attached to each
+figure explicitly, and switching the global backend on import would close the figures of a user
+who imported unetlab into a notebook.
+
+Every ``save_*`` writes to a temporary ``<path>.<unique>.tmp.png`` next to the target, then
+``os.replace``-s it, so a reader (TensorBoard, a browser refreshing, a crashed run) never sees a
+half-written PNG. Parent folders are created.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from PIL import Image
+
+__all__ = [
+    "boundary",
+    "overlay_boundary",
+    "save_overlay",
+    "save_prediction_grid",
+    "save_learning_curves",
+    "save_threshold_curve",
+    "save_sample_grid",
+]
+
+DPI = 100
+TRUTH_COLOR = "#2ca02c"  # green: ground truth contour
+PRED_COLOR = "#ff2828"  # red: predicted contour, matches overlay_boundary's default colour
+_GRID_COLUMNS = ("image", "truth", "prediction", "probability")
+# history columns that are the x axis or bookkeeping, not metrics worth a panel
+_NOT_METRICS = {"epoch", "step", "global_step", "time", "wall_time", "timestamp"}
+
+
+# --------------------------------------------------------------------------- array helpers
+
+
+def _as_image(image: np.ndarray) -> np.ndarray:
+    """uint8 (H,W) or (H,W,3); lenient so a float tensor dump or a 0/1 array also works."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    elif arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # alpha is meaningless for a figure of the scene
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] == 3)):
+        raise ValueError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    # floats in [0, 1] are the usual normalised form; anything else is taken as 0..255
+    if np.issubdtype(np.asarray(image).dtype, np.floating) and finite.size and finite.max() <= 1.0 and finite.min() >= 0.0:
+        arr = arr * 255.0
+    return np.clip(np.nan_to_num(np.rint(arr)), 0, 255).astype(np.uint8)
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    arr = _as_image(image)
+    return np.repeat(arr[:, :, None], 3, axis=2) if arr.ndim == 2 else arr
+
+
+def _as_mask(mask: np.ndarray, shape: tuple[int, ...] | None = None, what: str = "mask") -> np.ndarray:
+    arr = np.asarray(mask)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (H, W), got shape {arr.shape}")
+    if shape is not None and arr.shape != tuple(shape[:2]):
+        raise ValueError(f"{what} shape {arr.shape} does not match image shape {tuple(shape[:2])}")
+    return arr != 0  # 0/1, 0/255 and bool masks all mean the same thing
+
+
+def _erode(mask: np.ndarray) -> np.ndarray:
+    """4-neighbourhood erosion; outside the image counts as mask so edges do not erode."""
+    p = np.pad(mask, 1, mode="constant", constant_values=True)
+    return mask & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+
+
+# --------------------------------------------------------------------------- pixel overlays
+
+
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """bool (H,W): pixels of the mask that touch a non-mask pixel (4-neighbourhood); pure numpy.
+
+    Pixels beyond the image edge count as mask, so a mask pixel on the image edge is boundary
+    only if it touches a non-mask pixel inside the image: a full mask has no boundary, and a salt
+    body cut by the image edge is not outlined along the cut (the edge is the crop, not salt).
+    """
+    m = _as_mask(mask)
+    return m & ~_erode(m)
+
+
+def overlay_boundary(
+    image: np.ndarray,
+    mask: np.ndarray,
+    color: Sequence[int] = (255, 40, 40),
+    fill_alpha: float = 0.25,
+    thickness: int = 1,
+) -> np.ndarray:
+    """RGB uint8 (H,W,3): the image (grey expanded to RGB) with the mask's boundary drawn in `color`
+    and its interior tinted with `fill_alpha` (0 = no tint). Same size as the input (this is what
+    `predict` writes as the overlay PNG at the input's original size).
+
+    `thickness` > 1 thickens the boundary inwards (it stays inside the mask), for large photos
+    where a 1-pixel line vanishes when the PNG is viewed scaled down.
+    """
+    rgb = _as_rgb(image)
+    m = _as_mask(mask, rgb.shape)
+    col = np.asarray(color, dtype=np.float64).reshape(-1)
+    if col.size != 3 or np.any(col < 0) or np.any(col > 255):
+        raise ValueError(f"color must be three values in 0..255, got {color!r}")
+    if not 0.0 <= float(fill_alpha) <= 1.0:
+        raise ValueError(f"fill_alpha must be in [0, 1], got {fill_alpha}")
+    if int(thickness) < 1:
+        raise ValueError(f"thickness must be >= 1, got {thickness}")
+    inner = m
+    for _ in range(int(thickness)):
+        inner = _erode(inner)
+    edge = m & ~inner
+    out = rgb.astype(np.float64)
+    if fill_alpha > 0:
+        out[inner] = (1.0 - fill_alpha) * out[inner] + fill_alpha * col
+    out[edge] = col
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- file writing
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # unique per process and thread so two writers of the same file never share a temp file
+    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp.png")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
+    FigureCanvasAgg(fig)  # attach Agg explicitly: never a GUI canvas, no pyplot state
+    # format given explicitly because the temp name, not the user's, decides the suffix
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+
+
+def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, **kw) -> Path:
+    """Write `overlay_boundary(image, mask, **kw)` with Pillow: exactly the image's pixel size."""
+    rgb = overlay_boundary(image, mask, **kw)
+    return _atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+
+
+# --------------------------------------------------------------------------- axes helpers
+
+
+def _plain(ax) -> None:
+    """Image axes: no ticks, thin grey frame (keeps ylabel usable, unlike axis('off'))."""
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_color("0.75")
+        spine.set_linewidth(0.6)
+
+
+def _interp(shape: tuple[int, ...], cell_px: float) -> str:
+    # nearest keeps 101x101 seismic pixels crisp when enlarged; big photos need antialiasing
+    return "nearest" if max(shape[:2]) <= cell_px else "auto"
+
+
+def _show_image(ax, image: np.ndarray, cell_px: float) -> None:
+    img = _as_image(image)
+    if img.ndim == 2:
+        ax.imshow(img, cmap="gray", vmin=0, vmax=255, interpolation=_interp(img.shape, cell_px))
+    else:
+        ax.imshow(img, interpolation=_interp(img.shape, cell_px))
+
+
+def _contour(ax, mask: np.ndarray, color: str, linewidth: float = 1.3) -> None:
+    # contour lines stay visible at any zoom, unlike 1-pixel boundaries in a resampled image;
+    # constant masks have no level-0.5 line and would only produce a warning
+    if mask.any() and not mask.all():
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color], linewidths=linewidth)
+
+
+def _tint(ax, mask: np.ndarray, color: str, alpha: float) -> None:
+    if alpha > 0 and mask.any():
+        from matplotlib.colors import to_rgba
+
+        rgba = np.zeros(mask.shape + (4,), dtype=np.float32)
+        rgba[mask] = to_rgba(color, alpha)
+        ax.imshow(rgba, interpolation="nearest")
+
+
+def _blank(ax, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=8, color="0.5", transform=ax.transAxes)
+    ax.set_facecolor("0.96")
+
+
+def _wrap_label(label: str, width: int = 22) -> str:
+    # labels like 'train 1a2b3c  cov 34%  IoU 0.81': double spaces separate fields, one per line
+    parts = [p.strip() for p in str(label).split("  ") if p.strip()]
+    return "\n".join(line for p in parts for line in textwrap.wrap(p, width) or [""])
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def save_prediction_grid(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping],
+    title: str | None = None,
+    columns: Sequence[str] = ("image", "truth", "prediction"),
+) -> Path:
+    """The seeds' figure: one row per sample, columns image / ground truth / prediction side by side.
+
+    Each row: ``{'image': arr, 'truth': bool mask or None, 'prediction': bool mask,
+    'probability': optional float map in [0, 1], 'label': optional str}``.
+
+    - image: grey images in 'gray' (0..255), RGB as is;
+    - truth: the ground-truth mask (white = salt); "no ground truth" when None;
+    - prediction: the image with the predicted area tinted red, the predicted contour in red and
+      the truth contour in green, so misses and false alarms are visible at a glance;
+    - probability: added automatically when any row has one ('viridis', fixed 0..1, colour bar on
+      the first row that has a map).
+
+    Column titles on the first row, each row's label to its left. Any number of rows.
+    """
+    rows = list(rows)
+    if not rows:
+        raise ValueError("save_prediction_grid needs at least one row")
+    cols = list(columns)
+    if any(r.get("probability") is not None for r in rows) and "probability" not in cols:
+        cols.append("probability")
+    unknown = [c for c in cols if c not in _GRID_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; choose from {list(_GRID_COLUMNS)}")
+
+    first = _as_image(rows[0]["image"])
+    h, w = first.shape[:2]
+    # Manual layout in inches: constrained layout misplaces text outside equal-aspect image axes
+    # (row labels and the colour bar got clipped), and fixed cells keep images big for any row count.
+    cell_w = 1.9
+    cell_h = float(np.clip(cell_w * h / w, 0.8, 3.0))  # photos keep their aspect, within reason
+    gap = 0.06
+    labels = [_wrap_label(r["label"]) if r.get("label") else "" for r in rows]
+    longest = max((len(line) for lab in labels for line in lab.split("\n")), default=0)
+    left = min(0.2 + 0.07 * longest, 2.5) if longest else 0.1  # ~0.07 in per 8-pt character
+    # the colour bar goes beside the first row that has a map, right of the last column
+    bar_row = next((i for i, r in enumerate(rows) if r.get("probability") is not None), None)
+    right = 0.55 if bar_row is not None and "probability" in cols else 0.1  # room for its ticks
+    top = 0.5 + (0.3 if title else 0.0)  # two-line column titles, then the figure title
+    bottom = 0.1
+    fig_w = left + len(cols) * cell_w + (len(cols) - 1) * gap + right
+    fig_h = top + len(rows) * cell_h + (len(rows) - 1) * gap + bottom
+    fig = Figure(figsize=(fig_w, fig_h))
+    axes = np.empty((len(rows), len(cols)), dtype=object)
+    for i in range(len(rows)):
+        y0 = fig_h - top - (i + 1) * cell_h - i * gap
+        for j in range(len(cols)):
+            x0 = left + j * (cell_w + gap)
+            axes[i, j] = fig.add_axes((x0 / fig_w, y0 / fig_h, cell_w / fig_w, cell_h / fig_h))
+    cell_px = cell_w * DPI
+    titles = {
+        "image": "image",
+        "truth": "ground truth",
+        "prediction": "prediction (red)\ntruth contour (green)",
+        "probability": "probability",
+    }
+
+    for i, row in enumerate(rows):
+        img = _as_image(row["image"])
+        truth = row.get("truth")
+        truth = None if truth is None else _as_mask(truth, img.shape, "truth")
+        pred = row.get("prediction")
+        pred = None if pred is None else _as_mask(pred, img.shape, "prediction")
+        prob = row.get("probability")
+        for j, col in enumerate(cols):
+            ax = axes[i, j]
+            _plain(ax)
+            if col == "image":
+                _show_image(ax, img, cell_px)
+            elif col == "truth":
+                if truth is None:
+                    _blank(ax, "no ground truth")
+                else:
+                    ax.imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            elif col == "prediction":
+                _show_image(ax, img, cell_px)
+                if pred is not None:
+                    _tint(ax, pred, PRED_COLOR, 0.22)
+                    _contour(ax, pred, PRED_COLOR)
+                if truth is not None:
+                    _contour(ax, truth, TRUTH_COLOR)
+                if pred is None:
+                    ax.text(0.5, 0.03, "no prediction", ha="center", va="bottom", fontsize=7, color="yellow",
+                            transform=ax.transAxes)
+            elif col == "probability":
+                if prob is None:
+                    _blank(ax, "no probability")
+                else:
+                    p = np.asarray(prob, dtype=np.float32)
+                    if p.shape != img.shape[:2]:
+                        raise ValueError(f"probability shape {p.shape} does not match image shape {img.shape[:2]}")
+                    im = ax.imshow(p, cmap="viridis", vmin=0.0, vmax=1.0, interpolation=_interp(p.shape, cell_px))
+                    if i == bar_row:
+                        # one small bar beside one row: a full-height bar on a 16-row figure is absurd
+                        x0 = (left + len(cols) * (cell_w + gap) - gap + 0.06) / fig_w
+                        pos = ax.get_position()
+                        cax = fig.add_axes((x0, pos.y0, 0.1 / fig_w, pos.height))
+                        cb = fig.colorbar(im, cax=cax, ticks=[0, 0.5, 1])
+                        cb.ax.tick_params(labelsize=7)
+            if i == 0:
+                ax.set_title(titles[col], fontsize=9)
+        if labels[i]:
+            axes[i, 0].text(-0.08 / cell_w, 0.5, labels[i], ha="right", va="center", fontsize=8,
+                            transform=axes[i, 0].transAxes)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / fig_h, va="top")
+    return _save_figure(fig, path)
+
+
+def _to_float(value) -> float:
+    # metrics.csv rows read with csv.DictReader are strings; blanks mean "not logged this epoch"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _family(key: str) -> str:
+    """'train/loss', 'val/loss', 'train/dice_loss' -> 'loss'; 'val/tgs_map' -> 'tgs_map'; lr -> 'lr'."""
+    name = key.rsplit("/", 1)[-1]
+    if "loss" in name.lower():
+        return "loss"
+    if name.lower() in {"lr", "learning_rate"} or name.lower().startswith("lr"):
+        return "lr"
+    return name
+
+
+def save_learning_curves(
+    path: str | os.PathLike,
+    history: Sequence[Mapping],
+    keys: Sequence[str] | None = None,
+) -> Path:
+    """Learning curves from the rows of metrics.csv (dicts with 'epoch' and float or string columns).
+
+    One panel per metric family: all losses together (train/* and val/*), each other metric (its
+    train/ and val/ versions together), the learning rate last on a log scale. Missing, blank and
+    NaN values are skipped (lines join across them). `keys` restricts which columns are plotted.
+    Empty history writes a placeholder figure rather than failing a training run.
+    """
+    history = list(history)
+    if keys is None:
+        seen: dict[str, None] = {}
+        for row in history:
+            for k in row:
+                if k not in _NOT_METRICS:
+                    seen.setdefault(k, None)
+        keys = list(seen)
+    epochs = np.array(
+        [_to_float(r.get("epoch", i + 1)) for i, r in enumerate(history)], dtype=np.float64
+    )
+    if np.isnan(epochs).any():
+        epochs = np.arange(1, len(history) + 1, dtype=np.float64)
+
+    families: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = {}
+    for key in keys:
+        y = np.array([_to_float(r.get(key)) for r in history], dtype=np.float64)
+        ok = np.isfinite(y)
+        if ok.any():
+            families.setdefault(_family(key), []).append((key, epochs[ok], y[ok]))
+    # losses first, learning rate last, other metrics in the order they were logged
+    order = (["loss"] if "loss" in families else []) + [f for f in families if f not in ("loss", "lr")]
+    order += ["lr"] if "lr" in families else []
+
+    if not order:
+        fig = Figure(figsize=(4, 2.5))
+        fig.text(0.5, 0.5, "no metrics to plot yet", ha="center", va="center", color="0.4")
+        return _save_figure(fig, path)
+
+    ncols = 2 if len(order) == 4 else min(3, len(order))  # 2x2 beats 3+1 with a hole
+    nrows = math.ceil(len(order) / ncols)
+    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    split_color = {"train": "C0", "val": "C1"}
+    for ax, fam in zip(axes, order):
+        series = families[fam]
+        splits = [key.split("/", 1)[0] if "/" in key else "" for key, _, _ in series]
+        # train blue / val orange in every panel, unless a panel holds several train (or val) series
+        by_split = len(set(splits)) == len(splits)
+        for n, ((key, x, y), split) in enumerate(zip(series, splits)):
+            color = split_color.get(split, f"C{2 + n}") if by_split else f"C{n}"
+            style = "--" if split == "train" else "-"  # val solid: it is what we select on
+            ax.plot(x, y, style, color=color, marker="o" if len(x) <= 30 else None, markersize=3,
+                    linewidth=1.4, label=key)
+        if fam == "lr":
+            ys = np.concatenate([y for _, _, y in families[fam]])
+            if (ys > 0).all():
+                ax.set_yscale("log")
+            ax.set_title("learning rate", fontsize=10)
+        else:
+            ax.set_title(fam, fontsize=10)
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        xs = np.concatenate([x for _, x, _ in series])
+        if xs.min() == xs.max():  # one epoch: matplotlib would zoom to fractional epochs
+            ax.set_xlim(xs.min() - 1, xs.max() + 1)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(order):]:
+        ax.set_visible(False)
+    return _save_figure(fig, path)
+
+
+def save_threshold_curve(
+    path: str | os.PathLike,
+    thresholds: Sequence[float],
+    precision: Sequence[float],
+    recall: Sequence[float],
+    tgs_map: Sequence[float] | None = None,
+    chosen: float | None = None,
+) -> Path:
+    """Precision and recall of salt pixels (and the TGS metric if given) against the probability
+    threshold, with a vertical line at the chosen threshold. NaN points (e.g. precision with no
+    predicted pixels) are skipped."""
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    curves = [("precision", precision, "C0"), ("recall", recall, "C1")]
+    if tgs_map is not None:
+        curves.append(("TGS mAP", tgs_map, "C2"))
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.subplots()
+    for name, values, color in curves:
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape != t.shape:
+            raise ValueError(f"{name} has {v.size} values but there are {t.size} thresholds")
+        ok = np.isfinite(v) & np.isfinite(t)
+        ax.plot(t[ok], v[ok], color=color, marker="o" if ok.sum() <= 30 else None, markersize=3,
+                linewidth=1.6, label=name)
+    if chosen is not None:
+        ax.axvline(float(chosen), color="0.2", linestyle="--", linewidth=1.2, label=f"chosen {float(chosen):.2f}")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("probability threshold")
+    ax.set_ylabel("score (salt pixels)")
+    ax.set_title("threshold sweep", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return _save_figure(fig, path)
+
+
+def save_sample_grid(
+    path: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None],
+    labels: Sequence[str] | None = None,
+    ncols: int = 6,
+) -> Path:
+    """A grid of images with mask boundaries overlaid (red contour, light tint), for data previews
+    such as synthetic data. A mask may be None (image shown alone)."""
+    images = list(images)
+    masks = list(masks)
+    if not images:
+        raise ValueError("save_sample_grid needs at least one image")
+    if len(masks) != len(images):
+        raise ValueError(f"{len(images)} images but {len(masks)} masks")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if ncols < 1:
+        raise ValueError(f"ncols must be >= 1, got {ncols}")
+    ncols = min(ncols, len(images))
+    nrows = math.ceil(len(images) / ncols)
+    first = _as_image(images[0])
+    cell_w = 1.7
+    cell_h = float(np.clip(cell_w * first.shape[0] / first.shape[1], 0.8, 3.0))
+    fig = Figure(figsize=(cell_w * ncols + 0.2, (cell_h + (0.3 if labels else 0.05)) * nrows + 0.1), layout="constrained")
+    fig.get_layout_engine().set(w_pad=0.02, h_pad=0.02, wspace=0.01, hspace=0.01)
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for k, ax in enumerate(axes):
+        if k >= len(images):
+            ax.set_visible(False)
+            continue
+        _plain(ax)
+        img = _as_image(images[k])
+        _show_image(ax, img, cell_w * DPI)
+        if masks[k] is not None:
+            m = _as_mask(masks[k], img.shape)
+            _tint(ax, m, PRED_COLOR, 0.18)
+            _contour(ax, m, PRED_COLOR, linewidth=1.1)
+        if labels is not None:
+            ax.set_title(textwrap.shorten(str(labels[k]), 28, placeholder="…"), fontsize=8)
+    return _save_figure(fig, path)
