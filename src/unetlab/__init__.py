@@ -1,2 +1,11 @@
-"""unetlab: U-Net semantic segmentation."""
+"""unetlab: U-Net semantic segmentation, from seismic salt bodies to your own image/mask folders."""
+
 __version__ = "0.1.0"
+
+from unetlab.api import (  # noqa: E402
+    Config, Predictor, TrainResult, bench_train, create_model, demo, evaluate, list_models, load_config,
+    predict, train,
+)
+
+__all__ = ["Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
+           "list_models", "load_config", "predict", "train", "__version__"]

@@ -1,7 +1,40 @@
-"""The Python API that the CLI itself uses: `from unetlab import train, evaluate, predict, demo`."""
+"""The Python API that the CLI itself uses.
+
+    from unetlab import load_config, train, evaluate, predict, demo, create_model
+    result = train(load_config("configs/tgs-salt.yaml"), data_root="data/tgs-salt")
+    evaluate(result.run_dir, "data/tgs-salt")
+"""
 
 from __future__ import annotations
 
-from unetlab.engine.trainer import TrainResult, train
+from pathlib import Path
+from typing import Callable
 
-__all__ = ["TrainResult", "train"]
+from unetlab.bench import bench_train
+from unetlab.config import Config, load_config
+from unetlab.data.formats.tgs import load_tgs
+from unetlab.demo import demo
+from unetlab.engine.trainer import TrainResult
+from unetlab.engine.trainer import train as _train
+from unetlab.evaluation import evaluate
+from unetlab.inference.predict import predict
+from unetlab.inference.predictor import Predictor
+from unetlab.models import create_model, list_models
+
+
+def train(config: Config, data_root: str | Path | None = None, run_dir: str | Path | None = None,
+          runs_base: str | Path = "runs", progress: bool = True, evaluate_after: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train, then score the best checkpoint on the validation split (report.md + figures)."""
+    root = data_root if data_root is not None else config.data.root
+    dataset = load_tgs(root) if root is not None else None  # decoded once for training and evaluation
+    result = _train(config, data_root=root, run_dir=run_dir, runs_base=runs_base, progress=progress, log=log,
+                    dataset=dataset)
+    if evaluate_after and dataset is not None:
+        evaluate(result.run_dir, root, dataset=dataset, log=log,  # type: ignore[arg-type]
+                 command=f"unetlab evaluate {result.run_dir} --data {root}")
+    return result
+
+
+__all__ = ["Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
+           "list_models", "load_config", "predict", "train"]

@@ -32,14 +32,18 @@ def read_grey(path: str | Path) -> np.ndarray:
     """Read an image as uint8 (H, W). RGB(A) files are converted to luminance; 16-bit grey is scaled."""
     path = Path(path)
     image = _open(path)
+    if image.mode in ("P", "PA"):  # palette indices are not grey levels
+        image = image.convert("LA" if image.mode == "PA" else "L")
     array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 2:  # grey + alpha
+        array = array[..., 0]
     if array.ndim == 3:
         rgb = array[..., :3]
         if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
             array = rgb[..., 0]  # grey stored as RGB: take it exactly, no rounding
         else:
             array = np.asarray(image.convert("L"))
-    if array.dtype == np.uint16 or array.dtype == np.int32:
+    if array.dtype.kind in "ui" and array.dtype.itemsize > 1:  # 16/32-bit, either byte order
         array = (array.astype(np.float64) / max(float(array.max()), 1.0) * 255.0).round()
     elif array.dtype == bool:
         array = array.astype(np.uint8) * 255
@@ -51,7 +55,7 @@ def read_binary_mask(path: str | Path) -> np.ndarray:
     path = Path(path)
     array = np.asarray(_open(path))
     if array.ndim == 3:
-        array = array[..., :3].max(axis=-1)
+        array = array[..., :3].max(axis=-1) if array.shape[-1] >= 3 else array[..., 0]  # drop alpha
     return array > 0
 
 

@@ -31,9 +31,10 @@ from unetlab.engine.checkpoint import save_checkpoint
 from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import ConfigError, UnetlabError
 from unetlab.inference.predictor import autocast, forward_probs, resolve_device
-from unetlab.losses import build_loss
+from unetlab.losses import LossFn, build_loss
 from unetlab.metrics import BinarySegmentationMetrics
 from unetlab.models import create_model
+from unetlab.viz import save_learning_curves
 
 
 @dataclass
@@ -139,6 +140,18 @@ class Progress:
             self._bar.stop()
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, images: torch.Tensor,
+               masks: torch.Tensor, precision: str, progress: float = 0.0) -> torch.Tensor:
+    """One optimisation step; returns the detached loss without synchronising with the device."""
+    with autocast(images.device, precision):
+        logits = model(images)
+    loss = loss_fn(logits, masks, progress)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
 def _split(cfg: Config, dataset: BinaryDataset, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     if cfg.data.split_file:
         train_idx, val_idx = load_split(cfg.data.split_file, dataset.ids)
@@ -242,15 +255,10 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                 batch = order[step * batch_size : (step + 1) * batch_size]
                 images, masks = augment(train_x[batch], train_y[batch].float(), generator)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
-                with autocast(device, cfg.train.precision):
-                    logits = model(images)
-                loss = loss_fn(logits, masks, progress_now)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
+                loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now)
                 if scheduler.per_step:
                     scheduler.step(progress_share())
-                loss_sum += loss.detach()
+                loss_sum += loss
                 global_step += 1
                 if progress and (step % 5 == 0 or step == steps_per_epoch - 1):
                     seconds = time.perf_counter() - epoch_start
@@ -312,6 +320,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     finally:
         bar.stop()
         logbook.close()
+        if logbook.rows:
+            save_learning_curves(run_dir / "figures" / "learning_curves.png", logbook.rows)
     if best_epoch < 0:
         raise UnetlabError(f"{run_dir}: training produced no usable epoch ({cfg.train.monitor} was never finite)")
     log(f"stopped: {stop_reason}; best {cfg.train.monitor} {best_value:.4f} at epoch {best_epoch}")

@@ -1,0 +1,148 @@
+"""`unetlab evaluate RUN --data DIR`: metrics at the operating threshold, a threshold sweep of
+salt-pixel precision/recall, and the seed's figure (image / truth / prediction for training and
+validation samples). Results go to RUN/evaluation/<checkpoint>-<split>.json and RUN/report.md.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from unetlab.data.formats.tgs import BinaryDataset, load_tgs
+from unetlab.data.io import atomic_write_text
+from unetlab.data.splits import load_split
+from unetlab.engine.checkpoint import resolve_checkpoint
+from unetlab.errors import UnetlabError
+from unetlab.inference.predictor import Predictor
+from unetlab.metrics import BinarySegmentationMetrics, scores_over_thresholds
+from unetlab.viz import save_prediction_grid, save_threshold_curve
+
+METRIC_NAMES = ("tgs_map", "iou", "dice", "precision", "recall", "pixel_accuracy", "mean_image_iou")
+SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
+
+
+def _run_dir(run: Path) -> Path:
+    return run if run.is_dir() else run.parent.parent
+
+
+def _choose_indices(run_dir: Path, dataset: BinaryDataset, split: str) -> tuple[str, dict[str, np.ndarray]]:
+    """Index sets by name; 'auto' is the run's validation split when the data holds its ids, else all."""
+    everything = np.arange(len(dataset))
+    split_file = run_dir / "split.json"
+    sets: dict[str, np.ndarray] = {"all": everything}
+    if split_file.is_file():
+        try:
+            sets["train"], sets["val"] = load_split(split_file, dataset.ids)
+        except UnetlabError:
+            if split in ("train", "val"):
+                raise
+    if split == "auto":
+        split = "val" if "val" in sets else "all"
+    if split not in sets:
+        raise UnetlabError(f"--split {split}: {run_dir} has no split.json matching this data; use --split all")
+    return split, sets
+
+
+def _row(dataset: BinaryDataset, index: int, prob: np.ndarray, threshold: float, group: str) -> dict:
+    truth, pred = dataset.masks[index], prob > threshold
+    union = np.logical_or(truth, pred).sum()
+    iou = np.logical_and(truth, pred).sum() / union if union else 1.0
+    label = f"{group} {dataset.ids[index]}  salt {truth.mean():.0%}  IoU {iou:.2f}"
+    return {"image": dataset.images[index], "truth": truth, "prediction": pred, "probability": prob, "label": label}
+
+
+def _figure_indices(indices: np.ndarray, dataset: BinaryDataset, count: int, seed: int) -> np.ndarray:
+    """A reproducible sample that shows both empty and salt images when the set has them."""
+    rng = np.random.default_rng(seed)
+    if len(indices) <= count:
+        return indices
+    has_salt = dataset.masks[indices].any(axis=(1, 2))
+    salt, empty = indices[has_salt], indices[~has_salt]
+    n_empty = min(len(empty), max(count // 4, 1) if len(empty) else 0)
+    chosen = np.concatenate([rng.choice(salt, min(count - n_empty, len(salt)), replace=False),
+                             rng.choice(empty, n_empty, replace=False)])
+    return np.sort(chosen)
+
+
+def write_report(run_dir: Path) -> Path:
+    rows = []
+    for path in sorted((run_dir / "evaluation").glob("*.json")):
+        result = json.loads(path.read_text())
+        rows.append(result)
+    lines = ["# Evaluation report", "", f"Run: `{run_dir}`", "",
+             "| checkpoint | epoch | split | images | threshold | TTA | " + " | ".join(METRIC_NAMES) + " |",
+             "|---" * (6 + len(METRIC_NAMES)) + "|"]
+    for r in rows:
+        values = " | ".join(f"{r['metrics'][k]:.4f}" for k in METRIC_NAMES)
+        lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['split']} | {r['images']} | {r['threshold']:.2f} | "
+                     f"{r['tta']} | {values} |")
+    lines += ["", "TGS metric: per image, precision averaged over IoU thresholds 0.50..0.95 (an image with no "
+              "salt scores 1 when nothing is predicted, else 0); mean over images. IoU, Dice, precision and "
+              "recall are over all salt pixels of the set; salt where probability > threshold.", ""]
+    for r in rows:
+        lines.append(f"Command: `{r['command']}`")
+    return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+
+
+def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", threshold: float | None = None,
+             tta: str | None = None, which: str = "best", figure_samples: int = 6,
+             log: Callable[[str], None] = print, command: str | None = None,
+             dataset: BinaryDataset | None = None) -> dict:
+    """Score checkpoint `which` of `run` on `data_root`; write JSON, report.md and figures into the run."""
+    run = Path(run)
+    checkpoint = resolve_checkpoint(run, which)
+    run_dir = _run_dir(run)
+    predictor = Predictor.load(checkpoint)
+    threshold = predictor.threshold if threshold is None else threshold
+    if not 0.0 < threshold < 1.0:
+        raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
+    tta = predictor.config.eval.tta if tta is None else tta
+    dataset = dataset if dataset is not None else load_tgs(data_root)
+    split, sets = _choose_indices(run_dir, dataset, split)
+    indices = sets[split]
+    probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)
+    prob_t = torch.from_numpy(np.stack(probs))
+    truth_t = torch.from_numpy(dataset.masks[indices])
+    metrics = BinarySegmentationMetrics(threshold)
+    metrics.update(prob_t, truth_t)
+    scores = metrics.compute()
+    sweep = scores_over_thresholds(prob_t, truth_t, SWEEP)
+    best_at = int(torch.argmax(sweep["tgs_map"]))
+    epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+
+    figures = run_dir / "figures"
+    tag = f"{which}-{split}"
+    save_threshold_curve(figures / f"threshold-{tag}.png", SWEEP, sweep["precision"].numpy(),
+                         sweep["recall"].numpy(), sweep["tgs_map"].numpy(), chosen=threshold)
+    rows = []
+    position = {int(i): k for k, i in enumerate(indices)}
+    groups = [("val", sets["val"]), ("train", sets["train"])] if split == "val" else [(split, indices)]
+    for group, members in groups:
+        picked = _figure_indices(members, dataset, figure_samples, seed=0)
+        extra = [i for i in picked if int(i) not in position]
+        extra_probs = dict(zip(extra, predictor.predict_proba([dataset.images[i] for i in extra], tta=tta)))
+        for i in picked:
+            prob = probs[position[int(i)]] if int(i) in position else extra_probs[i]
+            rows.append(_row(dataset, int(i), prob, threshold, group))
+    save_prediction_grid(figures / f"predictions-{tag}.png", rows,
+                         title=f"{run_dir.name}: {which} checkpoint (epoch {epoch}), threshold {threshold:.2f}, "
+                               f"TTA {tta}")
+    result = {
+        "run": str(run_dir), "checkpoint": which, "epoch": epoch, "data": str(data_root), "split": split,
+        "images": int(len(indices)), "threshold": threshold, "tta": tta, "metrics": scores,
+        "sweep": {k: [float(v) for v in t] for k, t in sweep.items()},
+        "best_threshold_on_this_set": SWEEP[best_at],
+        "command": command or f"unetlab evaluate {run} --data {data_root} --split {split} --which {which}",
+    }
+    atomic_write_text(run_dir / "evaluation" / f"{tag}.json", json.dumps(result, indent=1))
+    write_report(run_dir)
+    log(f"{which} checkpoint (epoch {epoch}) on {split} ({len(indices)} images), threshold {threshold:.2f}, "
+        f"TTA {tta}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
+    log(f"threshold sweep on this set: best TGS metric {float(sweep['tgs_map'][best_at]):.4f} at "
+        f"{SWEEP[best_at]:.2f} (tune thresholds on validation data only)")
+    log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
+    return result

@@ -1,0 +1,282 @@
+"""Tests for unetlab.data.io: decoding by content, grey/mask conventions, errors naming the file."""
+
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from unetlab.data.io import atomic_write_bytes, atomic_write_text, read_binary_mask, read_grey, save_png
+from unetlab.errors import DataError
+
+RNG = np.random.default_rng(0)
+GREY = RNG.integers(0, 256, size=(7, 5), dtype=np.uint8)
+MASK = RNG.random((7, 5)) < 0.4
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def write(path, image: Image.Image, fmt: str = "PNG"):
+    path.write_bytes(png_bytes(image, fmt))
+    return path
+
+
+# ----------------------------------------------------------------------------- read_grey
+
+
+def test_read_grey_l_image(tmp_path):
+    path = write(tmp_path / "g.png", Image.fromarray(GREY))
+    out = read_grey(path)
+    assert out.dtype == np.uint8 and out.shape == GREY.shape
+    np.testing.assert_array_equal(out, GREY)
+
+
+def test_read_grey_accepts_str_path(tmp_path):
+    path = write(tmp_path / "g.png", Image.fromarray(GREY))
+    np.testing.assert_array_equal(read_grey(str(path)), GREY)
+
+
+def test_read_grey_rgb_stored_grey_is_exact(tmp_path):
+    """TGS stores grey as RGB with three equal channels: the channel is taken exactly."""
+    rgb = np.repeat(GREY[:, :, None], 3, axis=2)
+    path = write(tmp_path / "g.png", Image.fromarray(rgb))
+    assert Image.open(path).mode == "RGB"
+    out = read_grey(path)
+    assert out.shape == GREY.shape and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, GREY)
+
+
+def test_read_grey_rgba_stored_grey_is_exact(tmp_path):
+    rgba = np.concatenate([np.repeat(GREY[:, :, None], 3, axis=2), np.full(GREY.shape + (1,), 255, np.uint8)], 2)
+    path = write(tmp_path / "g.png", Image.fromarray(rgba, mode="RGBA"))
+    np.testing.assert_array_equal(read_grey(path), GREY)
+
+
+def test_read_grey_true_colour_is_luminance(tmp_path):
+    rgb = RNG.integers(0, 256, size=(6, 4, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    path = write(tmp_path / "c.png", image)
+    out = read_grey(path)
+    assert out.shape == (6, 4) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.asarray(image.convert("L")))
+    # ITU-R 601 luma, as Pillow's "L" conversion: within rounding
+    luma = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    assert np.abs(out - luma).max() <= 1.0
+
+
+def test_read_grey_16bit_is_scaled(tmp_path):
+    values = np.array([[0, 65535], [32768, 16384]], dtype=np.uint16)
+    path = write(tmp_path / "g16.png", Image.fromarray(values))
+    assert Image.open(path).mode.startswith("I")
+    out = read_grey(path)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, np.round(values / 65535.0 * 255.0).astype(np.uint8))
+
+
+def test_read_grey_bilevel_image(tmp_path):
+    path = write(tmp_path / "b.png", Image.fromarray(MASK))
+    assert Image.open(path).mode == "1"
+    np.testing.assert_array_equal(read_grey(path), MASK.astype(np.uint8) * 255)
+
+
+def test_read_grey_png_with_jpg_name(tmp_path):
+    """Files are decoded by content, not by extension."""
+    path = write(tmp_path / "actually_png.jpg", Image.fromarray(GREY))
+    np.testing.assert_array_equal(read_grey(path), GREY)
+
+
+def test_read_grey_real_jpeg(tmp_path):
+    path = write(tmp_path / "g.jpg", Image.fromarray(GREY), fmt="JPEG")
+    out = read_grey(path)
+    assert out.shape == GREY.shape and out.dtype == np.uint8
+
+
+def test_read_grey_palette_image(tmp_path):
+    indices = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    image = Image.fromarray(indices, mode="P")
+    image.putpalette([v for i in range(256) for v in (255 - i,) * 3])  # index i is grey 255 - i
+    path = write(tmp_path / "p.png", image)
+    assert Image.open(path).mode == "P"
+    np.testing.assert_array_equal(read_grey(path), 255 - indices)
+
+
+def test_read_grey_16bit_big_endian_tiff(tmp_path):
+    values = np.array([[0, 1000], [30000, 65535]], dtype=">u2")
+    image = Image.frombytes("I;16B", (2, 2), values.tobytes())
+    path = write(tmp_path / "g16be.tif", image, fmt="TIFF")
+    assert Image.open(path).mode == "I;16B"
+    expected = np.round(values.astype(np.float64) / 65535.0 * 255.0).astype(np.uint8)
+    np.testing.assert_array_equal(read_grey(path), expected)
+
+
+def test_read_grey_grey_with_alpha(tmp_path):
+    la = np.stack([GREY, np.full(GREY.shape, 255, np.uint8)], axis=-1)
+    path = write(tmp_path / "la.png", Image.fromarray(la, mode="LA"))
+    np.testing.assert_array_equal(read_grey(path), GREY)
+
+
+def test_read_grey_grey_with_alpha_equal_to_grey(tmp_path):
+    la = np.stack([GREY, GREY], axis=-1)
+    path = write(tmp_path / "la2.png", Image.fromarray(la, mode="LA"))
+    np.testing.assert_array_equal(read_grey(path), GREY)
+
+
+# ----------------------------------------------------------------------------- read_binary_mask
+
+
+def test_read_mask_8bit_0_255(tmp_path):
+    path = write(tmp_path / "m.png", Image.fromarray(MASK.astype(np.uint8) * 255))
+    out = read_binary_mask(path)
+    assert out.dtype == bool and out.shape == MASK.shape
+    np.testing.assert_array_equal(out, MASK)
+
+
+def test_read_mask_16bit_0_65535(tmp_path):
+    path = write(tmp_path / "m16.png", Image.fromarray(MASK.astype(np.uint16) * np.uint16(65535)))
+    assert Image.open(path).mode == "I;16"
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_0_1(tmp_path):
+    path = write(tmp_path / "m01.png", Image.fromarray(MASK.astype(np.uint8)))
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_bilevel(tmp_path):
+    path = write(tmp_path / "m1.png", Image.fromarray(MASK))
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_rgb(tmp_path):
+    rgb = np.zeros(MASK.shape + (3,), np.uint8)
+    rgb[MASK] = (255, 0, 0)  # a red mask: any channel counts
+    path = write(tmp_path / "mrgb.png", Image.fromarray(rgb))
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_rgba_ignores_alpha(tmp_path):
+    rgba = np.zeros(MASK.shape + (4,), np.uint8)
+    rgba[..., 3] = 255
+    rgba[MASK, 1] = 255
+    path = write(tmp_path / "mrgba.png", Image.fromarray(rgba, mode="RGBA"))
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_png_with_jpg_name(tmp_path):
+    path = write(tmp_path / "mask.jpg", Image.fromarray(MASK.astype(np.uint8) * 255))
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_read_mask_grey_with_alpha(tmp_path):
+    la = np.stack([MASK.astype(np.uint8) * 255, np.full(MASK.shape, 255, np.uint8)], axis=-1)
+    path = write(tmp_path / "mla.png", Image.fromarray(la, mode="LA"))
+    assert Image.open(path).mode == "LA"
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("reader", [read_grey, read_binary_mask])
+def test_missing_file_is_data_error(tmp_path, reader):
+    path = tmp_path / "missing.png"
+    with pytest.raises(DataError) as info:
+        reader(path)
+    assert str(path) in str(info.value)
+    assert "not found" in str(info.value)
+
+
+@pytest.mark.parametrize("reader", [read_grey, read_binary_mask])
+def test_random_bytes_are_data_error(tmp_path, reader):
+    path = tmp_path / "noise.png"
+    path.write_bytes(np.random.default_rng(1).integers(0, 256, 500, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError) as info:
+        reader(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("reader", [read_grey, read_binary_mask])
+def test_truncated_png_is_data_error(tmp_path, reader):
+    data = png_bytes(Image.fromarray(RNG.integers(0, 256, size=(64, 64), dtype=np.uint8)))
+    path = tmp_path / "cut.png"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError) as info:
+        reader(path)
+    assert str(path) in str(info.value)
+
+
+def test_empty_file_is_data_error(tmp_path):
+    path = tmp_path / "empty.png"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match="empty.png"):
+        read_grey(path)
+
+
+def test_text_file_is_data_error(tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_text("not an image\n")
+    with pytest.raises(DataError, match="notes.png"):
+        read_binary_mask(path)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_atomic_write_text_leaves_no_temp_files(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    atomic_write_text(target, '{"a": 1}')
+    assert target.read_text() == '{"a": 1}'
+    atomic_write_text(target, "second ü")  # overwrite, utf-8
+    assert target.read_text(encoding="utf-8") == "second ü"
+    assert sorted(os.listdir(target.parent)) == ["out.json"]
+
+
+def test_atomic_write_bytes_returns_path(tmp_path):
+    target = tmp_path / "x.bin"
+    assert atomic_write_bytes(target, b"\x00\x01") == target
+    assert target.read_bytes() == b"\x00\x01"
+
+
+def test_atomic_write_failure_leaves_no_temp_and_keeps_old(tmp_path):
+    target = tmp_path / "keep.txt"
+    target.write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write_bytes(target, None)  # type: ignore[arg-type]  # write() fails mid-way
+    assert target.read_text() == "old"
+    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
+
+
+def test_save_png_grey_round_trip(tmp_path):
+    path = save_png(tmp_path / "a" / "g.png", GREY)
+    assert path.exists()
+    assert Image.open(path).format == "PNG"
+    np.testing.assert_array_equal(read_grey(path), GREY)
+    assert sorted(os.listdir(path.parent)) == ["g.png"]
+
+
+def test_save_png_bool_mask_is_0_255(tmp_path):
+    path = save_png(tmp_path / "m.png", MASK)
+    stored = np.asarray(Image.open(path))
+    assert stored.dtype == np.uint8
+    assert set(np.unique(stored).tolist()) <= {0, 255}
+    np.testing.assert_array_equal(stored == 255, MASK)
+    np.testing.assert_array_equal(read_binary_mask(path), MASK)
+
+
+def test_save_png_rgb(tmp_path):
+    rgb = RNG.integers(0, 256, size=(4, 6, 3), dtype=np.uint8)
+    path = save_png(tmp_path / "c.png", rgb)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), rgb)
+
+
+def test_save_png_non_contiguous_input(tmp_path):
+    view = GREY[:, ::2]
+    path = save_png(tmp_path / "v.png", view)
+    np.testing.assert_array_equal(read_grey(path), view)

@@ -1,0 +1,68 @@
+import pickle
+
+import pytest
+import torch
+
+from unetlab.config import load_config
+from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from unetlab.engine.schedule import build_scheduler
+from unetlab.errors import UnetlabError
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_checkpoint_round_trip_and_atomic(tmp_path):
+    path = save_checkpoint(tmp_path / "c" / "best.pt", {"model_state": {"w": torch.ones(2)}, "epoch": 3})
+    assert load_checkpoint(path)["epoch"] == 3
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
+
+
+def test_checkpoint_refuses_pickled_objects_garbage_and_foreign_files(tmp_path):
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "unetlab-checkpoint-v1", "x": _Evil()}, evil)
+    with pytest.raises(UnetlabError, match="evil.pt"):
+        load_checkpoint(evil)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(UnetlabError, match="garbage.pt"):
+        load_checkpoint(garbage)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(UnetlabError, match="not a unetlab checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(UnetlabError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    assert pickle  # keeps the import meaningful for readers: the refusal above is about pickle
+
+
+def test_resolve_checkpoint(tmp_path):
+    with pytest.raises(UnetlabError, match="no checkpoints/best.pt"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(UnetlabError, match="not found"):
+        resolve_checkpoint(tmp_path / "nope")
+
+
+def _lrs(overrides, progress_points):
+    cfg = load_config(None, overrides)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    schedule = build_scheduler(cfg, optimizer)
+    out = []
+    for p in progress_points:
+        schedule.step(p)
+        out.append(optimizer.param_groups[0]["lr"])
+    return out
+
+
+def test_cosine_with_warmup_follows_progress():
+    lrs = _lrs(["schedule.name=cosine", "optim.lr=1.0", "schedule.min_lr=0", "train.epochs=10",
+                "schedule.warmup_epochs=1"], [0.0, 0.05, 0.1, 0.55, 1.0])
+    assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-9)
+
+
+def test_onecycle_rises_then_anneals_to_floor():
+    lrs = _lrs(["schedule.name=onecycle", "optim.lr=1.0", "schedule.min_lr=0.01"], [0.0, 0.3, 0.65, 1.0])
+    assert lrs[0] == pytest.approx(0.01) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(0.505) and lrs[3] == pytest.approx(0.01)

@@ -1,0 +1,91 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from run_fixtures import tiny_config, tiny_run  # noqa: F401
+
+from unetlab.engine.checkpoint import load_checkpoint
+from unetlab.engine.trainer import train
+from unetlab.errors import ConfigError, UnetlabError
+
+
+def _rows(run_dir):
+    with open(run_dir / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_folder_holds_everything(tiny_run, tgs_dir, tgs_info):
+    for name in ("config.yaml", "split.json", "metrics.csv", "checkpoints/best.pt", "checkpoints/last.pt",
+                 "figures/learning_curves.png", "report.md", "evaluation/best-val.json",
+                 "figures/predictions-best-val.png"):
+        assert (tiny_run / name).is_file(), name
+    assert list(tiny_run.glob("events.out.tfevents.*")), "TensorBoard events missing"
+    assert not list(tiny_run.rglob("*.tmp")), "temporary files left behind"
+    rows = _rows(tiny_run)
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for key in ("train/loss", "val/loss", "val/tgs_map", "val/iou", "val/dice", "val/precision", "val/recall",
+                "val/pixel_accuracy", "lr", "train/images_per_s"):
+        assert np.isfinite(float(rows[-1][key])), key
+    split = json.loads((tiny_run / "split.json").read_text())
+    assert len(split["train"]) + len(split["val"]) == tgs_info["n"]
+    assert not set(split["train"]) & set(split["val"])
+
+
+def test_checkpoints_load_weights_only_and_carry_what_predict_needs(tiny_run):
+    best = torch.load(tiny_run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["config"]["model"]["base_width"] == 4
+    assert best["threshold"] == 0.5 and len(best["mean"]) == 1 and len(best["std"]) == 1
+    last = load_checkpoint(tiny_run / "checkpoints" / "last.pt")
+    assert "optimizer_state" in last and last["epoch"] == 2
+
+
+def test_early_stopping_stops_when_monitor_stalls(tgs_dir, tmp_path):
+    # lr ~ 0: the model cannot change, so val/tgs_map never strictly improves after epoch 1.
+    cfg = tiny_config("train.epochs=6", "train.early_stop_patience=2", "optim.lr=1e-30",
+                      "train.monitor=val/tgs_map", "train.monitor_mode=max", "schedule.name=constant")
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert result.epochs_run == 3 and result.best_epoch == 1
+    assert "early stop" in result.stop_reason
+
+
+def test_plateau_schedule_reduces_learning_rate(tgs_dir, tmp_path):
+    cfg = tiny_config("train.epochs=3", "optim.lr=1e-30", "schedule.name=plateau", "schedule.patience=0",
+                      "schedule.factor=0.5", "schedule.min_lr=0", "train.monitor=val/tgs_map",
+                      "train.monitor_mode=max")
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    lrs = [row["lr"] for row in result.history]
+    assert lrs[1] == pytest.approx(lrs[0] * 0.5) and lrs[2] == pytest.approx(lrs[0] * 0.25)
+
+
+def test_time_budget_ends_run_early(tgs_dir, tmp_path):
+    cfg = tiny_config("train.epochs=50", "train.max_minutes=0.0001")
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert result.epochs_run == 1 and "time budget" in result.stop_reason
+
+
+def test_training_reduces_loss_on_synthetic_salt(tgs_dir, tmp_path):
+    cfg = tiny_config("train.epochs=8", "optim.lr=0.01", "schedule.name=constant")
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    losses = [row["train/loss"] for row in result.history]
+    assert min(losses[-3:]) < losses[0] * 0.8
+
+
+def test_existing_run_folder_is_never_overwritten(tiny_run, tgs_dir):
+    with pytest.raises(UnetlabError, match="never overwritten"):
+        train(tiny_config(), tgs_dir, run_dir=tiny_run, progress=False, log=lambda _: None)
+
+
+def test_unknown_monitor_is_refused(tgs_dir, tmp_path):
+    with pytest.raises(ConfigError, match="train.monitor"):
+        train(tiny_config("train.monitor=val/nope"), tgs_dir, run_dir=tmp_path / "r", progress=False,
+              log=lambda _: None)
+
+
+def test_split_file_is_reused(tiny_run, tgs_dir, tmp_path):
+    cfg = tiny_config("train.epochs=1", f"data.split_file={tiny_run / 'split.json'}", "data.val_fraction=0.5")
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    old = json.loads((tiny_run / "split.json").read_text())
+    new = json.loads((result.run_dir / "split.json").read_text())
+    assert (old["train"], old["val"]) == (new["train"], new["val"])

@@ -1,0 +1,46 @@
+"""Helpers shared by the engine, inference and CLI tests: a tiny config, a tiny trained run, the CLI in-process."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from unetlab.config import Config, load_config
+
+TINY = [
+    "model.base_width=4", "model.depth=2", "data.input_size=104", "train.epochs=2", "train.batch_size=8",
+    "train.precision=fp32", "train.channels_last=false", "data.val_fraction=0.25", "train.early_stop_patience=0",
+]
+
+
+def tiny_config(*overrides: str) -> Config:
+    return load_config(None, [*TINY, *overrides])
+
+
+def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run `unetlab ARGS` in this process exactly as the console script does; return (code, stdout, stderr)."""
+    from unetlab.cli import main
+
+    saved = sys.argv
+    sys.argv = ["unetlab", *args]
+    try:
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = saved
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tgs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run of a 4-channel U-Net on `tgs_dir` (read-only, shared)."""
+    from unetlab.api import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(), data_root=tgs_dir, run_dir=run_dir, progress=False, log=lambda _: None)
+    return run_dir
