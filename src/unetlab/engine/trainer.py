@@ -30,7 +30,7 @@ from unetlab.data.tensors import channel_stats, images_to_tensor, masks_to_tenso
 from unetlab.engine.checkpoint import save_checkpoint
 from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import ConfigError, UnetlabError
-from unetlab.inference.predictor import autocast, forward_probs, resolve_device
+from unetlab.inference.predictor import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss
 from unetlab.metrics import BinarySegmentationMetrics
 from unetlab.models import create_model

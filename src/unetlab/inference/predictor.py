@@ -30,16 +30,34 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 @torch.no_grad()
-def forward_probs(model: nn.Module, x: torch.Tensor, precision: str = "fp32", tta: str = "none",
+def forward_probs(model: nn.Module, x: torch.Tensor, precision: str = "fp32",
                   channels_last: bool = False) -> torch.Tensor:
-    """Sigmoid probabilities (float32) for normalised, model-sized inputs; `hflip` averages with the mirrored pass."""
+    """Sigmoid probabilities (float32) for normalised, model-sized inputs."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(x.device, precision):
-        probs = torch.sigmoid(model(x).float())
-        if tta == "hflip":
-            probs = 0.5 * (probs + torch.sigmoid(model(x.flip(-1)).float()).flip(-1))
-    return probs.float()
+        return torch.sigmoid(model(x).float()).float()
+
+
+@torch.no_grad()
+def predict_batch(model: nn.Module, images: torch.Tensor, sizing: Sizing, mean: Sequence[float],
+                  std: Sequence[float], precision: str = "fp32", tta: str = "none",
+                  channels_last: bool = False) -> torch.Tensor:
+    """Images in [0, 1] (N, C, H, W) at their own size -> probabilities (N, 1, H, W).
+
+    Test-time flips are applied to the original image, before sizing, so that the result is
+    exactly mirror-symmetric even when padding is not (101 -> 128 pads 13 and 14 pixels).
+    """
+    height, width = images.shape[-2:]
+
+    def once(x: torch.Tensor) -> torch.Tensor:
+        probs = forward_probs(model, normalize(sizing.images(x), mean, std), precision, channels_last)
+        return sizing.restore(probs, height, width)
+
+    probs = once(images)
+    if tta == "hflip":
+        probs = 0.5 * (probs + once(images.flip(-1)).flip(-1))
+    return probs
 
 
 class Predictor:
@@ -81,11 +99,9 @@ class Predictor:
         tta = self.config.eval.tta if tta is None else tta
         out: list[np.ndarray | None] = [None] * len(images)
         for indices in self._batches(images, batch_size):
-            stack = np.stack([images[i] for i in indices])
-            height, width = stack.shape[1:3]
-            x = normalize(self.sizing.images(images_to_tensor(stack, self.device)), self.mean, self.std)
-            probs = forward_probs(self.model, x, self.precision, tta, self.channels_last)
-            probs = self.sizing.restore(probs, height, width)[:, 0].cpu().numpy()
+            x = images_to_tensor(np.stack([images[i] for i in indices]), self.device)
+            probs = predict_batch(self.model, x, self.sizing, self.mean, self.std, self.precision, tta,
+                                  self.channels_last)[:, 0].cpu().numpy()
             for slot, prob in zip(indices, probs):
                 out[slot] = prob
         return out  # type: ignore[return-value]

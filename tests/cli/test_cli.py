@@ -1,0 +1,137 @@
+"""Every command end to end, and every bad input as one line on stderr with exit code 2."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from run_fixtures import TINY, run_cli, tiny_run  # noqa: F401
+
+SET_TINY = [arg for item in TINY for arg in ("--set", item)]
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_train_evaluate_predict(tgs_dir, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, out, err = run_cli(["train", "--data", str(tgs_dir), "--out", str(run), "--no-progress",
+                              *SET_TINY, "--set", "train.epochs=1"], capsys)
+    assert code == 0, err
+    assert "epoch   1" in out and (run / "checkpoints" / "best.pt").is_file()
+    code, out, err = run_cli(["evaluate", str(run), "--data", str(tgs_dir), "--threshold", "0.3",
+                              "--split", "all", "--which", "last"], capsys)
+    assert code == 0, err
+    assert "tgs_map" in out
+    result = json.loads((run / "evaluation" / "last-all.json").read_text())
+    assert result["threshold"] == 0.3 and result["command"].startswith("unetlab evaluate")
+    images = tgs_dir / "train" / "images"
+    code, out, err = run_cli(["predict", str(run), str(images), "--out", str(tmp_path / "pred")], capsys)
+    assert code == 0, err
+    assert len(list((tmp_path / "pred" / "masks").glob("*.png"))) == len(list(images.glob("*.png")))
+
+
+def test_demo_says_the_data_is_synthetic(tmp_path, capsys):
+    out_dir = tmp_path / "demo"
+    code, out, err = run_cli(["demo", "--out", str(out_dir), "--images", "24", "--minutes", "1", "--no-progress",
+                              "--set", "model.base_width=4", "--set", "model.depth=2", "--set", "train.epochs=1",
+                              "--set", "train.batch_size=8"], capsys)
+    assert code == 0, err
+    assert "SYNTHETIC" in out
+    assert (out_dir / "synthetic-data" / "SYNTHETIC.txt").is_file()
+    assert (out_dir / "run" / "figures" / "predictions-best-val.png").is_file()
+    assert (out_dir / "run" / "report.md").is_file()
+
+
+def test_bench_reports_both_paths(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    code, text, err = run_cli(["bench", "--size", "32", "--batch-size", "4", "--steps", "1", "--rounds", "1",
+                               "--set", "model.base_width=4", "--set", "model.depth=2", "--out", str(out)], capsys)
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert len(result["images_per_s"]) == 2 and result["speedup"] > 0
+    assert "speed-up" in text
+
+
+def test_python_dash_m_runs_the_same_cli():
+    done = subprocess.run([sys.executable, "-m", "unetlab", "evaluate", "/nonexistent-run", "--data", "/x"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("error: /nonexistent-run")
+    assert "Traceback" not in done.stderr
+    helped = subprocess.run([sys.executable, "-m", "unetlab", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "predict" in helped.stdout
+
+
+# ---- bad input: one line naming the file or option, exit code 2
+
+
+def _train(data, tmp_path, capsys, *extra):
+    return run_cli(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--no-progress",
+                    *SET_TINY, *extra], capsys)
+
+
+def test_missing_data_folder(tmp_path, capsys):
+    code, _, err = _train(tmp_path / "nowhere", tmp_path, capsys)
+    _one_line_error(code, err, str(tmp_path / "nowhere"), "not found")
+
+
+def test_empty_data_folder(tmp_path, capsys):
+    (tmp_path / "data" / "train" / "images").mkdir(parents=True)
+    code, _, err = _train(tmp_path / "data", tmp_path, capsys)
+    _one_line_error(code, err, "images", "empty")
+
+
+def test_mask_without_its_image(tgs_copy, tmp_path, capsys):
+    victim = sorted((tgs_copy / "train" / "images").glob("*.png"))[0]
+    victim.unlink()
+    code, _, err = _train(tgs_copy, tmp_path, capsys)
+    _one_line_error(code, err, victim.stem, "mask without its image")
+
+
+def test_corrupt_png(tgs_copy, tmp_path, capsys):
+    victim = sorted((tgs_copy / "train" / "images").glob("*.png"))[3]
+    victim.write_bytes(victim.read_bytes()[:60])
+    code, _, err = _train(tgs_copy, tmp_path, capsys)
+    _one_line_error(code, err, str(victim), "corrupt")
+
+
+def test_unknown_config_key_and_bad_value(tgs_dir, tmp_path, capsys):
+    code, _, err = _train(tgs_dir, tmp_path, capsys, "--set", "train.epoch=3")
+    _one_line_error(code, err, "train.epoch", "unknown")
+    code, _, err = _train(tgs_dir, tmp_path, capsys, "--set", "data.sizing=stretch")
+    _one_line_error(code, err, "data.sizing")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  widht: 8\n")
+    code, _, err = run_cli(["train", "--data", str(tgs_dir), "--config", str(bad)], capsys)
+    _one_line_error(code, err, str(bad), "model.widht")
+    code, _, err = run_cli(["train", "--data", str(tgs_dir), "--config", str(tmp_path / "none.yaml")], capsys)
+    _one_line_error(code, err, "none.yaml", "not found")
+
+
+def test_predict_and_evaluate_bad_inputs(tiny_run, tgs_dir, tmp_path, capsys):
+    code, _, err = run_cli(["predict", str(tmp_path), str(tgs_dir), "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "checkpoints/best.pt")
+    code, _, err = run_cli(["predict", str(tiny_run), str(tmp_path / "nothing.png"), "--out", str(tmp_path / "o")],
+                           capsys)
+    _one_line_error(code, err, "nothing.png")
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    code, _, err = run_cli(["predict", str(tiny_run), str(broken), "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, str(broken))
+    code, _, err = run_cli(["evaluate", str(tiny_run), "--data", str(tgs_dir), "--split", "test"], capsys)
+    _one_line_error(code, err, "--split")
+    fake = tmp_path / "fake.pt"
+    fake.write_bytes(b"nope")
+    code, _, err = run_cli(["predict", str(fake), str(tgs_dir), "--out", str(tmp_path / "o")], capsys)
+    _one_line_error(code, err, "fake.pt")
+
+
+def test_bad_option_values_are_refused_by_the_parser(tmp_path, capsys):
+    code, _, err = run_cli(["demo", "--minutes", "-1"], capsys)
+    assert code == 2 and "--minutes" in err
