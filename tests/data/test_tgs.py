@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -327,3 +328,21 @@ def test_bad_depths_csv_fails_load(tmp_path):
     (tmp_path / "depths.csv").write_text("id,z\na,?\n")
     with raises_naming(tmp_path / "depths.csv"):
         load_tgs(tmp_path)
+
+
+def test_masks_from_train_csv_when_masks_folder_is_absent(tgs_copy):
+    """Kaggle ships masks both as PNGs and as train.csv; either alone is enough."""
+    with_pngs = load_tgs(tgs_copy)
+    shutil.rmtree(tgs_copy / "train" / "masks")
+    from_csv = load_tgs(tgs_copy)
+    assert from_csv.ids == with_pngs.ids
+    assert np.array_equal(from_csv.masks, with_pngs.masks)
+
+
+def test_train_csv_missing_a_row_names_the_image(tgs_copy):
+    shutil.rmtree(tgs_copy / "train" / "masks")
+    lines = (tgs_copy / "train.csv").read_text().splitlines()
+    dropped = lines[1].split(",")[0]
+    (tgs_copy / "train.csv").write_text("\n".join([lines[0], *lines[2:]]) + "\n")
+    with pytest.raises(DataError, match=dropped):
+        load_tgs(tgs_copy)

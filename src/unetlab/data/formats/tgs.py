@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from unetlab.data.io import read_binary_mask, read_grey
+from unetlab.data.rle import rle_decode
 from unetlab.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -99,12 +100,34 @@ def list_pairs(root: str | Path, require_masks: bool = True) -> tuple[list[str],
     return ids, [images[i] for i in ids], [masks.get(i) for i in ids]
 
 
+def read_rle_csv(path: Path) -> dict[str, str]:
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or not {"id", "rle_mask"} <= set(reader.fieldnames):
+            raise DataError(f"{path}: expected columns 'id,rle_mask' (Kaggle run-length encoding)")
+        return {row["id"]: row["rle_mask"] or "" for row in reader}
+
+
 def load_tgs(root: str | Path) -> BinaryDataset:
-    """Decode every image/mask pair under `root` into memory."""
+    """Decode every image/mask pair under `root` into memory.
+
+    Masks come from masks/*.png; when that folder is absent, from the run-length column of
+    train.csv (as Kaggle distributes them).
+    """
     root = Path(root)
-    ids, image_paths, mask_paths = list_pairs(root)
+    csv_path = root / "train.csv"
+    from_csv = csv_path.is_file() and not any((base / "masks").is_dir() for base in (root / "train", root))
+    ids, image_paths, mask_paths = list_pairs(root, require_masks=not from_csv)
     images = [read_grey(p) for p in image_paths]
-    masks = [read_binary_mask(p) for p in mask_paths]  # type: ignore[arg-type]
+    if from_csv:
+        rles = read_rle_csv(csv_path)
+        missing = [i for i in ids if i not in rles]
+        if missing:
+            raise DataError(f"{csv_path}: no row for image '{missing[0]}' ({len(missing)} image(s) without a mask)")
+        masks = [rle_decode(rles[i], image.shape) for i, image in zip(ids, images)]
+        mask_paths = [csv_path] * len(ids)
+    else:
+        masks = [read_binary_mask(p) for p in mask_paths]  # type: ignore[arg-type]
     shape = images[0].shape
     for i, (image, mask) in enumerate(zip(images, masks)):
         if image.shape != shape:
