@@ -10,4 +10,4 @@ from unetlab.cli import app
 if __name__ == "__main__":
     import sys
 
-    app(["bench", *sys.argv[1:]])
+    app(["bench", "train", *sys.argv[1:]])

@@ -100,8 +100,12 @@ def demo(
     api_demo(out, minutes=minutes, images=images, seed=seed, overrides=set_, progress=_progress(no_progress))
 
 
-@app.command()
-def bench(
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: training throughput and the model zoo.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("train")
+def bench_train_command(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the model (default U-Net-16)"),
     set_: List[str] = typer.Option([], "--set", help="override a config key"),
     size: int = typer.Option(128, "--size", min=16, help="input side in pixels"),
@@ -115,6 +119,78 @@ def bench(
     from unetlab.config import load_config
 
     bench_train(load_config(config, set_), size=size, batch_size=batch_size, steps=steps, rounds=rounds, out=out)
+
+
+@bench_app.command("models")
+def bench_models_command(
+    sizes: List[int] = typer.Option([128, 256], "--size", min=16, help="input side(s) in pixels"),
+    model: List[str] = typer.Option([], "--model", help="only these registered models or U-Net variants"),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    steps: int = typer.Option(3, "--steps", min=1, help="timed steps per measurement (median reported)"),
+    max_seconds: float = typer.Option(30.0, "--max-seconds", help="stop timing a model after this long"),
+    skip_gflops: float = typer.Option(150.0, "--skip-gflops", help="list but do not time costlier models"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the rows as JSON"),
+) -> None:
+    """Every model: parameters, GFLOPs, receptive field, inference and training images/s."""
+    from unetlab.bench import bench_models
+    from unetlab.models.registry import list_models
+    from unetlab.models.unet import unet_variants
+
+    specs = None
+    if model:
+        known = {name: {"name": name} for name in list_models()}
+        known.update({label: {"name": "unet", **opts} for label, opts in unet_variants().items()})
+        unknown = [m for m in model if m not in known]
+        if unknown:
+            _fail(f"--model {unknown[0]}: unknown; choose from {', '.join(sorted(known))}")
+        specs = {m: known[m] for m in model}
+    bench_models(specs, sizes=tuple(sizes), batch_size=batch_size, steps=steps, max_seconds=max_seconds,
+                 skip_gflops=skip_gflops, out=out)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(parts[0]), int(parts[-1])) if len(parts) in (1, 2) else (0, 0)
+    except ValueError:
+        height, width = 0, 0
+    if height < 1 or width < 1:
+        _fail(f"--size {text}: expected HxW in pixels, e.g. 128x128 or 101")
+    return height, width
+
+
+@app.command()
+def models(
+    size: str = typer.Option("128x128", "--size", help="input size HxW for GFLOPs and receptive field"),
+    in_channels: int = typer.Option(1, "--in-channels", min=1),
+    variants: bool = typer.Option(False, "--variants", help="also list the named U-Net variants of the studies"),
+) -> None:
+    """Every registered model: parameters, GFLOPs per image at --size, receptive field."""
+    from unetlab.models.summary import model_table, print_model_table
+    from unetlab.models.unet import unet_variants
+
+    height, width = _parse_size(size)
+    rows = model_table(None, in_channels=in_channels, size=(height, width))
+    if variants:
+        named = {label: {"name": "unet", **options} for label, options in unet_variants().items() if label != "unet"}
+        rows += model_table(named, in_channels=in_channels, size=(height, width))
+    print_model_table(rows)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder (or a checkpoint file)"),
+    format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output file (default RUN/export/model.<ext>)"),
+    which: str = typer.Option("best", "--which", help="best | last checkpoint"),
+    opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
+) -> None:
+    """Export the model (dynamic batch and size) and check it against PyTorch on the spot."""
+    from unetlab.export import export_run
+
+    if which not in ("best", "last"):
+        _fail(f"--which {which}: choose best or last")
+    export_run(run, format=format_, out=out, which=which, opset=opset)
 
 
 def main() -> None:

@@ -32,14 +32,40 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """`name` picks a registered model; every other key is an option of that model's factory.
+
+    Options are checked against the factory's signature (unknown keys, types), filled with the
+    factory's defaults so that config.yaml shows the whole model, and checked for value ranges by
+    building the model on the meta device (no memory, no weight downloads).
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
     name: str = "unet"
     in_channels: int = Field(1, ge=1)
     classes: int = Field(1, ge=1)
-    base_width: int = Field(16, ge=1)
-    depth: int = Field(4, ge=1, le=7)
-    batch_norm: bool = True
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    scse: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        # Checkpoints of unetlab 0.1 stored `batch_norm: bool`; it became `norm`.
+        if isinstance(data, dict) and "batch_norm" in data and "norm" not in data:
+            data = dict(data)
+            data["norm"] = "batch" if data.pop("batch_norm") else "none"
+        return data
+
+    @model_validator(mode="after")
+    def _check_options(self) -> "ModelConfig":
+        from unetlab.models.registry import validate_options
+
+        options = validate_options(self.name, self.options())
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        extra.update({k: v for k, v in options.items() if k not in ("in_channels", "classes")})
+        self.__pydantic_extra__ = extra
+        return self
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for `create_model(self.name, **options)`."""
+        return {"in_channels": self.in_channels, "classes": self.classes, **(self.model_extra or {})}
 
 
 class LossConfig(_Section):
@@ -82,7 +108,7 @@ class TrainConfig(_Section):
     channels_last: bool = True
     device: str = "auto"
     num_threads: Optional[int] = Field(None, ge=1)
-    figure_every: int = Field(0, ge=0, description="epochs between validation figures; 0 = only at the end")
+    freeze_encoder_epochs: int = Field(0, ge=0, description="keep a pretrained encoder frozen this many epochs")
 
 
 class EvalConfig(_Section):

@@ -18,12 +18,12 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def expected_params(in_channels=1, classes=1, base_width=16, depth=4, batch_norm=True, scse=False) -> int:
+def expected_params(in_channels=1, classes=1, base_width=16, depth=4, norm="batch", scse=False) -> int:
     """Parameter count of the U-Net worked out by hand from its description."""
 
     def conv_block(c_in: int, c_out: int) -> int:
         convs = 9 * c_in * c_out + 9 * c_out * c_out
-        return convs + (4 * c_out if batch_norm else 2 * c_out)  # 2 BN x (weight, bias) | 2 conv biases
+        return convs + (4 * c_out if norm == "batch" else 2 * c_out)  # 2 BN x (weight, bias) | 2 conv biases
 
     def scse_params(c: int) -> int:
         hidden = max(c // 8, 1)
@@ -134,7 +134,7 @@ def test_batch_of_one_in_train_mode(size):
     assert all(p.grad is not None for p in model.parameters())
 
 
-@pytest.mark.parametrize("options", [{}, {"scse": True}, {"batch_norm": False}, {"dropout": 0.2, "depth": 2}])
+@pytest.mark.parametrize("options", [{}, {"scse": True}, {"norm": "none"}, {"dropout": 0.2, "depth": 2}])
 def test_gradients_finite_for_every_parameter(options):
     torch.manual_seed(0)
     model = create_model("unet", base_width=4, **options).train()
@@ -184,10 +184,10 @@ def test_depth_out_of_range(depth):
 
 
 def test_without_batch_norm():
-    model = create_model("unet", base_width=8, batch_norm=False)
+    model = create_model("unet", base_width=8, norm="none")
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert all(m.bias is not None for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert n_params(model) == expected_params(base_width=8, batch_norm=False)
+    assert n_params(model) == expected_params(base_width=8, norm="none")
     with_bn = create_model("unet", base_width=8)
     assert all(m.bias is None for blk in with_bn.modules() if isinstance(blk, ConvBlock)
                for m in blk if isinstance(m, nn.Conv2d))

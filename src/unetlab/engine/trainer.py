@@ -188,6 +188,10 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
         raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp32")
 
     dataset = dataset if dataset is not None else load_tgs(cfg.data.root)  # type: ignore[arg-type]
+    # Built before the run folder exists, so a bad option or a failed weight download leaves nothing behind.
+    model = create_model(cfg.model.name, **cfg.model.options()).to(device)
+    if cfg.train.freeze_encoder_epochs and not hasattr(model, "freeze_encoder"):
+        raise ConfigError(f"train.freeze_encoder_epochs: model {cfg.model.name!r} has no separate encoder to freeze")
     run_dir = Path(run_dir) if run_dir is not None else new_run_dir(runs_base, cfg.name)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise UnetlabError(f"{run_dir}: run folder exists and is not empty; choose another --out "
@@ -196,7 +200,10 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     (run_dir / "figures").mkdir(exist_ok=True)
     atomic_write_text(run_dir / "config.yaml", cfg.to_yaml())
     train_idx, val_idx = _split(cfg, dataset, run_dir)
-    mean, std = channel_stats(dataset.images[train_idx])
+    if getattr(model, "input_mean", None) is not None:  # pretrained encoders bring their own statistics
+        mean, std = list(model.input_mean), list(model.input_std)  # type: ignore[union-attr]
+    else:
+        mean, std = channel_stats(dataset.images[train_idx])
 
     # The whole (small) data set lives on the training device, already brought to the input size.
     sizing = Sizing(cfg.data.sizing, cfg.data.input_size)
@@ -207,7 +214,6 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     val_truth = torch.from_numpy(dataset.masks[val_idx]).to(device)
     height, width = dataset.images.shape[1:3]
 
-    model = create_model(cfg.model.name, **cfg.model.model_dump(exclude={"name"})).to(device)
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = build_optimizer(cfg, model)
@@ -247,6 +253,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                 stop_reason = f"time budget of {cfg.train.max_minutes:g} min reached"
                 break
             epoch_start = time.perf_counter()
+            if cfg.train.freeze_encoder_epochs:
+                model.freeze_encoder(epoch < cfg.train.freeze_encoder_epochs)  # type: ignore[operator]
             model.train()
             order = torch.randperm(len(train_idx), generator=generator).to(device)
             loss_sum = torch.zeros((), device=device)

@@ -79,7 +79,11 @@ class Predictor:
         path = resolve_checkpoint(run_or_checkpoint, which)
         payload = load_checkpoint(path)
         config = config_from_dict(payload["config"], source=str(path))
-        model = create_model(config.model.name, **config.model.model_dump(exclude={"name"}))
+        # The checkpoint holds every weight: never fetch pretrained ones again just to overwrite them.
+        options = config.model.options()
+        if "encoder_weights" in options:
+            options["encoder_weights"] = None
+        model = create_model(config.model.name, **options)
         model.load_state_dict(payload["model_state"])
         return cls(model, config, payload["mean"], payload["std"], float(payload["threshold"]),
                    resolve_device(device))

@@ -1,6 +1,8 @@
 """Model family: every architecture is registered by name and built with `create_model`."""
 
-from unetlab.models import unet as _unet  # noqa: F401  (registers "unet")
+# Importing a model module registers its names.
+from unetlab.models import resnet_unet as _resnet_unet  # noqa: F401
+from unetlab.models import unet as _unet  # noqa: F401
 from unetlab.models.registry import create_model, list_models, register_model
 from unetlab.models.unet import UNet
 

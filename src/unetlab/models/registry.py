@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Any, Callable
 
+import pydantic
+import torch
 import torch.nn as nn
 
 from unetlab.errors import ConfigError
@@ -26,13 +29,58 @@ def list_models() -> list[str]:
     return sorted(_MODELS)
 
 
-def create_model(name: str, **options: Any) -> nn.Module:
+def _factory(name: str) -> Callable[..., nn.Module]:
     if name not in _MODELS:
         raise ConfigError(f"model.name: unknown model {name!r}; choose one of {', '.join(list_models())}")
-    factory = _MODELS[name]
-    accepted = inspect.signature(factory).parameters
+    return _MODELS[name]
+
+
+def _check_names(name: str, options: dict[str, Any]) -> None:
+    accepted = inspect.signature(_factory(name)).parameters
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}: not an option of model {name!r}; "
-                          f"it takes {', '.join(accepted)}")
-    return factory(**options)
+        raise ConfigError(f"model.{unknown[0]}: not an option of model {name!r}; it takes {', '.join(accepted)}")
+
+
+def _value_error(name: str, options: dict[str, Any], exc: Exception) -> ConfigError:
+    message = str(exc)
+    key = next((k for k in sorted(options, key=len, reverse=True) if k in message), None)
+    return ConfigError(f"model.{key}: {message}" if key else f"model ({name}): {message}")
+
+
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """All options of model `name` (defaults filled, types checked), or a ConfigError naming the key.
+
+    Value ranges are checked by building the model on the meta device, which allocates nothing;
+    pretrained weights are not fetched here (`encoder_weights` is checked when training starts).
+    """
+    factory = _factory(name)
+    _check_names(name, options)
+    signature = inspect.signature(factory)
+    hints = typing.get_type_hints(factory)
+    fields = {key: (hints.get(key, Any), param.default if param.default is not param.empty else ...)
+              for key, param in signature.parameters.items()}
+    schema = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid"),
+                                   **fields)  # type: ignore[call-overload]
+    try:
+        resolved = schema.model_validate(options).model_dump()
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(part) for part in first["loc"])
+        raise ConfigError(f"model.{key}: {first['msg']}") from None
+    probe = {k: v for k, v in resolved.items() if k != "encoder_weights"}
+    try:
+        with torch.device("meta"):
+            factory(**probe)
+    except (ValueError, TypeError) as exc:
+        raise _value_error(name, options, exc) from None
+    return resolved
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    factory = _factory(name)
+    _check_names(name, options)
+    try:
+        return factory(**options)
+    except (ValueError, TypeError) as exc:
+        raise _value_error(name, options, exc) from None

@@ -1,19 +1,28 @@
-"""The classic U-Net of the TGS Salt seed (Ronneberger et al., 2015, at base width 16).
+"""The U-Net of the TGS Salt seed (Ronneberger et al., 2015, at base width 16), with its variants as options.
 
 For a 128x128x1 input and the defaults: contraction blocks of two 3x3 convolutions then 2x2
 max-pooling, 16 -> 32 -> 64 -> 128 channels, an 8x8x256 bottleneck; expansion by 2x2 transposed
 convolutions, concatenation with the encoder map of the same level, two 3x3 convolutions; a 1x1
 convolution to one logit per pixel (sigmoid at inference). Any input size works: the input is
 padded to a multiple of 2**depth and the output cropped back.
+
+The design questions (max-pooling or strided convolution, concatenated / added / max / min / no
+skips, transposed or bilinear upsampling, plain or residual blocks, which normalisation, where
+dropout acts) are options of the one `UNet`, each a named piece in a table; `unet_variants()` is
+the named grid the studies and the shared model test use. With the default options the modules,
+state-dict keys and shapes are exactly the seed's, so its checkpoints load.
 """
 
 from __future__ import annotations
+
+import numbers
+from typing import Callable, Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from unetlab.models.blocks import SCSE, ConvBlock
+from unetlab.models.blocks import BLOCKS, NORMS, SCSE, BilinearUp, StridedDown, choose
 from unetlab.models.registry import register_model
 
 
@@ -27,46 +36,226 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
     return x, (height, width)
 
 
+# ----------------------------------------------------------------------------- the named pieces
+
+
+def _maxpool(channels: int, kernel: int, norm: str) -> nn.Module:
+    return nn.MaxPool2d(2)  # no parameters: the seed's model had one shared pool and the same keys
+
+
+# downsample name -> factory(channels, strided_kernel, norm); the map keeps its channel count.
+DOWNSAMPLES: dict[str, Callable[[int, int, str], nn.Module]] = {"maxpool": _maxpool, "strided": StridedDown}
+
+STRIDED_KERNELS = (3, 2)
+
+
+def _transposed(in_channels: int, out_channels: int, norm: str) -> nn.Module:
+    return nn.ConvTranspose2d(in_channels, out_channels, 2, stride=2)  # the seed's: no norm, no ReLU
+
+
+# upsample name -> factory(channels below, channels of the level, norm)
+UPSAMPLES: dict[str, Callable[[int, int, str], nn.Module]] = {"transposed": _transposed, "bilinear": BilinearUp}
+
+
+def _concat(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return torch.cat([up, skip], dim=1)
+
+
+def _add(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return up + skip
+
+
+def _no_skip(up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+    return up
+
+
+# skip name -> (merge(upsampled, encoder map), decoder block input channels per channel of the level)
+SKIPS: dict[str, tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], int]] = {
+    "concat": (_concat, 2),
+    "add": (_add, 1),
+    "max": (torch.maximum, 1),
+    "min": (torch.minimum, 1),
+    "none": (_no_skip, 1),
+}
+
+
+def _every(level: int, depth: int) -> bool:
+    return True
+
+
+def _last(level: int, depth: int) -> bool:
+    return level == depth - 1
+
+
+def _never(level: int, depth: int) -> bool:
+    return False
+
+
+# dropout_at name -> (after which downsampling levels, after every decoder block?)
+DROPOUT_AT: dict[str, tuple[Callable[[int, int], bool], bool]] = {
+    "bottleneck": (_last, False),
+    "decoder": (_never, True),
+    "encoder": (_every, False),
+    "all": (_every, True),
+}
+
+
+def _positive_int(option: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{option} must be a positive integer; got {value!r}")
+    return int(value)
+
+
+# ----------------------------------------------------------------------------- the model
+
+
 class UNet(nn.Module):
-    def __init__(self, in_channels: int = 1, classes: int = 1, base_width: int = 16, depth: int = 4,
-                 batch_norm: bool = True, dropout: float = 0.0, scse: bool = False):
+    """A U-Net whose variants are chosen by name.
+
+    Level l (0 = full resolution, `depth` = bottleneck) has `round(base_width * width_multiplier**l)`
+    channels. Each encoder level is a block (`block`: "plain" = two 3x3 conv + norm + ReLU, the seed's;
+    "residual" = the same two convolutions with an identity shortcut, or a 1x1 projection where the
+    channel count changes, ReLU after the sum) followed by a 2x downsampling that keeps the channel
+    count (`downsample`: "maxpool" = 2x2 max-pooling; "strided" = a learned stride-2 convolution with
+    `strided_kernel` 3 (3x3, padding 1) or 2 (2x2), then norm + ReLU).
+
+    How channel counts are matched at the skips: the upsampling step (`upsample`: "transposed" = 2x2
+    stride-2 transposed convolution; "bilinear" = 2x bilinear, then 3x3 conv + norm + ReLU) already
+    turns the map from below into the channel count of the level's skip (its `width`), so
+    - "concat" stacks the two: the decoder block takes 2 * width channels (the seed's);
+    - "add", "max", "min" merge element-wise two maps of the same shape: the decoder block takes width;
+    - "none" drops the skip (the encoder map only feeds the next level): the decoder block takes width.
+    The decoder block then returns `width` channels, followed by scSE if `scse`.
+
+    `norm`: "batch", "group" (GroupNorm, up to 8 groups dividing the channels), "instance"
+    (InstanceNorm2d with affine scale/shift; needs a bottleneck larger than 1x1) or "none"
+    (convolutions then get a bias). `dropout` > 0 adds Dropout2d where `dropout_at` says:
+    "encoder" after every downsampling, "bottleneck" only after the last one (the bottleneck's
+    input), "decoder" after every decoder block, "all" both encoder and decoder (the seed's placement).
+
+    Every option is validated here; a bad value raises ValueError naming the option and the allowed
+    values. With the defaults, module names and state-dict keys are the seed's
+    (`encoder.{i}.{0,1,3,4}`, `bottleneck`, `upsample.{i}`, `decoder.{i}`, `attention.{i}`, `head`).
+    """
+
+    def __init__(self, in_channels: int = 1, classes: int = 1, base_width: int = 16, depth: int = 4, *,
+                 width_multiplier: float = 2.0,
+                 downsample: Literal["maxpool", "strided"] = "maxpool",
+                 strided_kernel: Literal[3, 2] = 3,
+                 skip: Literal["concat", "add", "max", "min", "none"] = "concat",
+                 upsample: Literal["transposed", "bilinear"] = "transposed",
+                 block: Literal["plain", "residual"] = "plain",
+                 norm: Literal["batch", "group", "instance", "none"] = "batch",
+                 dropout: float = 0.0,
+                 dropout_at: Literal["bottleneck", "decoder", "encoder", "all"] = "all",
+                 scse: bool = False):
         super().__init__()
-        if not 1 <= depth <= 7:
-            raise ValueError(f"depth must be 1..7, got {depth}")
-        widths = [base_width * 2**level for level in range(depth + 1)]
+        in_channels = _positive_int("in_channels", in_channels)
+        classes = _positive_int("classes", classes)
+        base_width = _positive_int("base_width", base_width)
+        if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or not 1 <= depth <= 7:
+            raise ValueError(f"depth must be 1..7, got {depth!r}")
+        if isinstance(width_multiplier, bool) or not isinstance(width_multiplier, numbers.Real) \
+                or not width_multiplier > 0:
+            raise ValueError(f"width_multiplier must be a number > 0; got {width_multiplier!r}")
+        widths = [round(base_width * width_multiplier**level) for level in range(depth + 1)]
+        if min(widths) < 1:
+            raise ValueError(f"width_multiplier={width_multiplier!r} with base_width={base_width} gives "
+                             f"a level without channels (widths {widths})")
+        if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1); got {dropout!r}")
+        make_down = choose("downsample", downsample, DOWNSAMPLES)
+        choose("strided_kernel", strided_kernel, dict.fromkeys(STRIDED_KERNELS))
+        merge, skip_factor = choose("skip", skip, SKIPS)
+        make_up = choose("upsample", upsample, UPSAMPLES)
+        make_block = choose("block", block, BLOCKS)
+        choose("norm", norm, NORMS)
+        drop_after_level, drop_in_decoder = choose("dropout_at", dropout_at, DROPOUT_AT)
+
         self.depth = depth
+        self.widths = widths
+        self.options = {
+            "in_channels": in_channels, "classes": classes, "base_width": base_width, "depth": depth,
+            "width_multiplier": width_multiplier, "downsample": downsample, "strided_kernel": strided_kernel,
+            "skip": skip, "upsample": upsample, "block": block, "norm": norm, "dropout": dropout,
+            "dropout_at": dropout_at, "scse": scse,
+        }
+        self.merge = merge
+
+        def drop(active: bool) -> nn.Module:
+            return nn.Dropout2d(dropout) if active and dropout > 0 else nn.Identity()
+
         self.encoder = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        self.encoder_dropout = nn.ModuleList()
         channels = in_channels
-        for width in widths[:-1]:
-            self.encoder.append(ConvBlock(channels, width, batch_norm))
+        for level, width in enumerate(widths[:-1]):
+            self.encoder.append(make_block(channels, width, norm))
+            self.downsample.append(make_down(width, strided_kernel, norm))
+            self.encoder_dropout.append(drop(drop_after_level(level, depth)))
             channels = width
-        self.pool = nn.MaxPool2d(2)
-        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.bottleneck = ConvBlock(widths[-2], widths[-1], batch_norm)
+        self.bottleneck = make_block(widths[-2], widths[-1], norm)
         self.upsample = nn.ModuleList()
         self.decoder = nn.ModuleList()
         self.attention = nn.ModuleList()
+        self.decoder_dropout = nn.ModuleList()
         for level in reversed(range(depth)):
-            self.upsample.append(nn.ConvTranspose2d(widths[level + 1], widths[level], 2, stride=2))
-            self.decoder.append(ConvBlock(2 * widths[level], widths[level], batch_norm))
-            self.attention.append(SCSE(widths[level]) if scse else nn.Identity())
+            width = widths[level]
+            self.upsample.append(make_up(widths[level + 1], width, norm))
+            self.decoder.append(make_block(skip_factor * width, width, norm))
+            self.attention.append(SCSE(width) if scse else nn.Identity())
+            self.decoder_dropout.append(drop(drop_in_decoder))
         self.head = nn.Conv2d(widths[0], classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, (height, width) = pad_to_multiple(x, 2**self.depth)
         skips = []
-        for block in self.encoder:
+        for block, down, drop in zip(self.encoder, self.downsample, self.encoder_dropout):
             x = block(x)
             skips.append(x)
-            x = self.dropout(self.pool(x))
+            x = drop(down(x))
         x = self.bottleneck(x)
-        for up, block, attention, skip in zip(self.upsample, self.decoder, self.attention, reversed(skips)):
-            x = attention(block(torch.cat([up(x), skip], dim=1)))
-            x = self.dropout(x)
+        for up, block, attention, drop, skip in zip(self.upsample, self.decoder, self.attention,
+                                                    self.decoder_dropout, reversed(skips)):
+            x = drop(attention(block(self.merge(up(x), skip))))
         return self.head(x)[..., :height, :width]
 
 
 @register_model("unet")
-def unet(in_channels: int = 1, classes: int = 1, base_width: int = 16, depth: int = 4, batch_norm: bool = True,
-         dropout: float = 0.0, scse: bool = False) -> UNet:
-    return UNet(in_channels, classes, base_width, depth, batch_norm, dropout, scse)
+def unet(in_channels: int = 1, classes: int = 1, base_width: int = 16, depth: int = 4, *,
+         width_multiplier: float = 2.0,
+         downsample: Literal["maxpool", "strided"] = "maxpool",
+         strided_kernel: Literal[3, 2] = 3,
+         skip: Literal["concat", "add", "max", "min", "none"] = "concat",
+         upsample: Literal["transposed", "bilinear"] = "transposed",
+         block: Literal["plain", "residual"] = "plain",
+         norm: Literal["batch", "group", "instance", "none"] = "batch",
+         dropout: float = 0.0,
+         dropout_at: Literal["bottleneck", "decoder", "encoder", "all"] = "all",
+         scse: bool = False) -> UNet:
+    """The U-Net; every option is described on `UNet`."""
+    return UNet(in_channels, classes, base_width, depth, width_multiplier=width_multiplier,
+                downsample=downsample, strided_kernel=strided_kernel, skip=skip, upsample=upsample,
+                block=block, norm=norm, dropout=dropout, dropout_at=dropout_at, scse=scse)
+
+
+_VARIANTS: dict[str, dict[str, object]] = {
+    "unet": {},
+    "unet-strided3": {"downsample": "strided", "strided_kernel": 3},
+    "unet-strided2": {"downsample": "strided", "strided_kernel": 2},
+    "unet-add": {"skip": "add"},
+    "unet-max": {"skip": "max"},
+    "unet-min": {"skip": "min"},
+    "unet-noskip": {"skip": "none"},
+    "unet-bilinear": {"upsample": "bilinear"},
+    "unet-residual": {"block": "residual"},
+    "unet-groupnorm": {"norm": "group"},
+    "unet-instancenorm": {"norm": "instance"},
+    "unet-nonorm": {"norm": "none"},
+    "unet-scse": {"scse": True},
+}
+
+
+def unet_variants() -> dict[str, dict[str, object]]:
+    """The named grid of variants: name -> options of `unet` that differ from the defaults (a fresh copy)."""
+    return {name: dict(options) for name, options in _VARIANTS.items()}
