@@ -170,10 +170,10 @@ def models(
     from unetlab.models.unet import unet_variants
 
     height, width = _parse_size(size)
-    rows = model_table(None, in_channels=in_channels, size=(height, width))
+    rows = model_table(None, in_channels=in_channels, size=(height, width), rf_max_size=256)
     if variants:
         named = {label: {"name": "unet", **options} for label, options in unet_variants().items() if label != "unet"}
-        rows += model_table(named, in_channels=in_channels, size=(height, width))
+        rows += model_table(named, in_channels=in_channels, size=(height, width), rf_max_size=256)
     print_model_table(rows)
 
 

@@ -129,6 +129,14 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        # Keys that unetlab 0.1 checkpoints may carry and that no longer exist (they never had an effect).
+        if isinstance(data, dict) and isinstance(data.get("train"), dict) and "figure_every" in data["train"]:
+            data = {**data, "train": {k: v for k, v in data["train"].items() if k != "figure_every"}}
+        return data
+
     @model_validator(mode="after")
     def _task_consistent(self) -> "Config":
         if self.task == "binary" and self.model.classes != 1:

@@ -234,13 +234,19 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     epoch_seconds: list[float] = []
     global_step, total_steps = 0, cfg.train.epochs * steps_per_epoch
 
+    progress_seen = [0.0]
+
     def progress_share() -> float:
-        """Share of training done: planned steps, or the time budget (less one epoch) if that is sooner."""
+        """Share of training done: planned steps, or the time budget (less one epoch) if that is sooner.
+
+        Kept monotonic: a faster epoch after a slow one must not move the schedule backwards.
+        """
         share = global_step / total_steps
         if math.isfinite(budget_s):
-            usable = budget_s - (epoch_seconds[-1] if epoch_seconds else 0.0)
+            usable = budget_s - (max(epoch_seconds) if epoch_seconds else 0.0)
             share = max(share, (time.perf_counter() - start_time) / max(usable, 1e-9))
-        return min(share, 1.0)
+        progress_seen[0] = max(progress_seen[0], min(share, 1.0))
+        return progress_seen[0]
 
     log(f"run folder: {run_dir}")
     log(f"data: {len(dataset)} images {height}x{width} from {dataset.root or 'memory'}; "

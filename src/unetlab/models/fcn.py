@@ -14,6 +14,9 @@ Receptive field: 1 + 2 * sum(dilations) pixels, i.e. 9 px for four undilated lay
 dilations (1, 2, 4, 8), against 188 px for the default 4-level U-Net (18, 44, 92 px at depths 1-3;
 see `unetlab.models.summary.receptive_field`). Dilations let the FCN's receptive field be matched
 to the U-Net's without pooling: e.g. dilations (1, 2, 4, 8, 16, 32, 31) give 1 + 2*94 = 189 px.
+That is the field of the convolutions: with norm "group" or "instance" every output also depends
+on the whole image through the normalisation statistics (in eval mode too), batch norm in eval mode
+does not.
 
 Cost: the original widths are expensive because all of them run at full resolution. Per pixel the
 default `fcn` does 9 * (1*30 + 30*90 + 90*270 + 270*810) + 810 = 2,212,380 multiply-accumulates,
@@ -38,9 +41,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from unetlab.models.blocks import NORMS, norm_layers
 from unetlab.models.registry import register_model
-
-NORMS = ("batch", "group", "instance", "none")
 
 DEFAULT_WIDTHS: tuple[int, ...] = (30, 90, 270, 810)
 DILATED: tuple[int, ...] = (1, 2, 4, 8)
@@ -66,23 +68,6 @@ def _int_tuple(option: str, values: object) -> tuple[int, ...]:
     return tuple(int(value) for value in values)
 
 
-def group_count(channels: int, max_groups: int = 32) -> int:
-    """Groups for GroupNorm: the largest divisor of `channels` that is <= 32 and leaves >= 2 channels
-    per group (Wu & He's 32 groups where the width allows it; 1 group for a single channel)."""
-    limit = min(max_groups, channels // 2)
-    return max((g for g in range(1, limit + 1) if channels % g == 0), default=1)
-
-
-def norm_layer(norm: str, channels: int) -> nn.Module:
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "group":
-        return nn.GroupNorm(group_count(channels), channels)
-    if norm == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
-    return nn.Identity()
-
-
 class FCN(nn.Module):
     """Same-resolution stack of 3x3 convolutions + norm + ReLU, then a 1x1 convolution to `classes`.
 
@@ -93,10 +78,9 @@ class FCN(nn.Module):
         dilations: None (all 1) or one dilation per layer, same length as `widths`; padding equals
             the dilation so the size is preserved. The receptive field is 1 + 2 * sum(dilations).
         norm: "batch" | "group" | "instance" | "none" after each 3x3 convolution (the convolution
-            has a bias only with "none"). Group norm uses the largest divisor of the width <= 32
-            that leaves >= 2 channels per group. Instance norm needs more than one pixel (in any
-            mode) and batch norm in training more than one value per channel (N*H*W > 1), so a 1x1
-            image works with "batch" (eval, or a batch of 2+), "group" and "none", not "instance".
+            has a bias only with "none"); the layers are the U-Net's (`blocks.NORMS`). Instance
+            norm needs more than one pixel (in any mode) and batch norm in training more than one
+            value per channel (N*H*W > 1), so a 1x1 image works with "batch" (eval, or a batch of 2+), "group" and "none", not "instance".
         dropout: probability of Dropout2d after each hidden layer (0 = none), in [0, 1).
 
     Invalid options raise ValueError naming the option (create_model turns it into a ConfigError).
@@ -127,7 +111,7 @@ class FCN(nn.Module):
         channels = in_channels
         for width, dilation in zip(widths, dilations):
             layers.append(nn.Conv2d(channels, width, 3, padding=dilation, dilation=dilation, bias=norm == "none"))
-            layers.append(norm_layer(norm, width))
+            layers += norm_layers(norm, width)
             layers.append(nn.ReLU(inplace=True))
             if dropout > 0:
                 layers.append(nn.Dropout2d(dropout))

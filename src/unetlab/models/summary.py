@@ -128,7 +128,7 @@ def _probe_once(model: nn.Module, in_channels: int, size: int, generator: torch.
 
 
 def receptive_field(model: nn.Module, in_channels: int, size: int | None = None, *, min_size: int = 32,
-                    max_size: int = 1024, trials: int = 1, seed: int = 0) -> tuple[int, bool]:
+                    max_size: int = 512, trials: int = 1, seed: int = 0) -> tuple[int, bool]:
     """Empirical receptive field of the centre output pixel: `(side in pixels, clipped)`.
 
     A float64 copy of `model` in eval mode (the model itself is not touched) gets an input of
@@ -142,11 +142,16 @@ def receptive_field(model: nn.Module, in_channels: int, size: int | None = None,
 
     `clipped` is True when the gradient reaches the border of the probe: the field is then at least
     the returned value (the probe side), the field of a pixel at the centre of that probe size.
+    Layers that pool over the whole image make the field global, and it is reported as clipped at
+    `max_size`: group and instance norm (their statistics are taken over the image in eval mode
+    too), scSE's channel gate (global average pooling).
 
     size: probe side. None (default): start at `min_size` and double while clipped, up to
-    `max_size`; the receptive field does not depend on channel widths, so wide models are probed at
-    the real widths but on the smallest probe that contains their field (the 810-channel FCN, with
-    a 9 px field, is probed at 32x32 only). Models that pad to a multiple (the U-Net pads to 2**depth)
+    `max_size` (512: enough for the 4-level U-Net's 188 px; a global field costs float64 forward
+    and backward passes up to 512x512, several seconds for the U-Net). The receptive field does
+    not depend on channel widths, so wide models are probed at the real widths but on the smallest
+    probe that contains their field (the 810-channel FCN, with a 9 px field, is probed at 32x32
+    only). Models that pad to a multiple (the U-Net pads to 2**depth)
     are probed exactly once the probe reaches that multiple, as powers of two do.
     """
     if trials < 1:
@@ -168,7 +173,7 @@ def receptive_field(model: nn.Module, in_channels: int, size: int | None = None,
 
 
 def model_table(names_and_options: Mapping[str, Mapping[str, Any]] | None = None, in_channels: int = 1,
-                size: tuple[int, int] = (128, 128), *, rf_max_size: int = 1024,
+                size: tuple[int, int] = (128, 128), *, rf_max_size: int = 512,
                 seed: int = 0) -> list[dict[str, Any]]:
     """One row {name, params, gflops, receptive_field, clipped} per model.
 
@@ -176,7 +181,11 @@ def model_table(names_and_options: Mapping[str, Mapping[str, Any]] | None = None
     variants `{"label": {"name": registered_name, **options}}` (the row's name is the label).
     `in_channels` is passed to every model unless a variant sets it. GFLOPs are per image at
     `size` (H, W); the receptive field is probed adaptively up to `rf_max_size` (see
-    `receptive_field`), `clipped` meaning "at least that many pixels".
+    `receptive_field`), `clipped` meaning "at least that many pixels". The probe costs a float64
+    forward and backward pass at each probe size tried, so a model with a large or global field
+    costs about 3x its float64 GFLOPs at `rf_max_size`: all registered models at the defaults take
+    ~17 s on one CPU thread (most of it resnet34_unet, clipped at 512); the 810-channel `fcn` with
+    group norm would take minutes at 512, so lower `rf_max_size` for such variants.
     """
     if names_and_options is None:
         variants: dict[str, dict[str, Any]] = {name: {"name": name} for name in list_models()}
