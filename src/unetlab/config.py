@@ -193,6 +193,8 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
+    except ConfigError as exc:  # from the model registry's option check
+        raise ConfigError(f"{source}: {exc}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

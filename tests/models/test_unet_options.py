@@ -455,9 +455,9 @@ def test_norm_layers():
     assert all(m.bias is not None for m in none.modules() if isinstance(m, nn.Conv2d))
     assert all(m.bias is None for m in group.encoder.modules() if isinstance(m, nn.Conv2d))
     norms = [m for m in group.modules() if isinstance(m, nn.GroupNorm)]
-    assert norms and all(m.num_groups == min(8, m.num_channels) for m in norms)  # widths 4..32
+    assert norms and all(m.num_groups == min(8, m.num_channels // 2) for m in norms)  # widths 4..32, >= 2 per group
     assert all(m.affine for m in instance.modules() if isinstance(m, nn.InstanceNorm2d))
-    assert [group_norm(c).num_groups for c in [1, 4, 6, 7, 9, 12, 16, 20, 33]] == [1, 4, 6, 7, 3, 6, 8, 5, 3]
+    assert [group_norm(c).num_groups for c in [1, 4, 6, 7, 9, 12, 16, 20, 33]] == [1, 2, 3, 1, 3, 6, 8, 5, 3]
 
 
 def test_residual_blocks_project_only_where_channels_change():

@@ -28,8 +28,9 @@ def choose(option: str, value: object, table: Mapping[object, T]) -> T:
 
 
 def group_norm(channels: int, max_groups: int = 8) -> nn.GroupNorm:
-    """GroupNorm with the largest number of groups (at most `max_groups`) that divides `channels`."""
-    groups = max(g for g in range(1, max_groups + 1) if channels % g == 0)
+    """GroupNorm with the largest number of groups (at most `max_groups`, at least 2 channels each) dividing `channels`."""
+    # At least 2 channels per group: one channel per group would be instance norm, which fails on 1x1 maps.
+    groups = max((g for g in range(1, min(max_groups, channels // 2) + 1) if channels % g == 0), default=1)
     return nn.GroupNorm(groups, channels)
 
 

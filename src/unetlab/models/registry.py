@@ -39,13 +39,14 @@ def _check_names(name: str, options: dict[str, Any]) -> None:
     accepted = inspect.signature(_factory(name)).parameters
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise ConfigError(f"model.{unknown[0]}: not an option of model {name!r}; it takes {', '.join(accepted)}")
+        raise ConfigError(f"unknown config key 'model.{unknown[0]}': not an option of model {name!r}; "
+                          f"it takes {', '.join(accepted)}")
 
 
 def _value_error(name: str, options: dict[str, Any], exc: Exception) -> ConfigError:
     message = str(exc)
     key = next((k for k in sorted(options, key=len, reverse=True) if k in message), None)
-    return ConfigError(f"model.{key}: {message}" if key else f"model ({name}): {message}")
+    return ConfigError(f"bad value for 'model.{key}': {message}" if key else f"bad value for model {name!r}: {message}")
 
 
 def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(part) for part in first["loc"])
-        raise ConfigError(f"model.{key}: {first['msg']}") from None
+        raise ConfigError(f"bad value for 'model.{key}': {first['msg']}") from None
     probe = {k: v for k, v in resolved.items() if k != "encoder_weights"}
     try:
         with torch.device("meta"):
