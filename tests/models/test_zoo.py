@@ -1,0 +1,89 @@
+"""One shared test class run over every registered model (and the named U-Net variants).
+
+Small options keep the heavy members cheap (the 810-channel FCN keeps its architecture at small
+inputs); each test is about a property every member of the family must have.
+"""
+
+import pytest
+import torch
+
+from unetlab.models import create_model, list_models
+from unetlab.models.unet import unet_variants
+
+# The smallest honest version of each registered model; options not named keep the model's defaults.
+SMALL = {
+    "unet": {"base_width": 4, "depth": 3},
+    "resnet34_unet": {"decoder_widths": (16, 16, 8, 8, 8)},
+    "fcn": {},
+    "fcn-dilated": {},
+    "fcn-small": {},
+}
+VARIANTS = {f"unet:{label}": ("unet", {"base_width": 4, "depth": 3, **opts}) for label, opts in unet_variants().items()}
+MEMBERS = {name: (name, SMALL.get(name, {})) for name in list_models()} | VARIANTS
+
+
+def test_every_registered_model_is_covered():
+    assert set(SMALL) == set(list_models()), "add the new model to SMALL with cheap options"
+
+
+def _build(member, in_channels=1, classes=1):
+    name, options = MEMBERS[member]
+    torch.manual_seed(0)
+    return create_model(name, in_channels=in_channels, classes=classes, **options)
+
+
+@pytest.mark.parametrize("member", sorted(MEMBERS))
+class TestModelFamily:
+    @pytest.mark.parametrize("size", [(37, 53), (64, 64), (101, 101)])
+    def test_output_shape_any_size(self, member, size):
+        model = _build(member, in_channels=3, classes=2).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, 3, *size)).shape == (2, 2, *size)
+
+    def test_every_parameter_gets_a_finite_gradient(self, member):
+        model = _build(member).train()
+        model(torch.randn(2, 1, 40, 44)).square().mean().backward()
+        for name, param in model.named_parameters():
+            assert param.grad is not None, f"{name} is unused"
+            assert torch.isfinite(param.grad).all(), name
+
+    def test_batch_of_one_matches_the_same_image_in_a_batch(self, member):
+        model = _build(member).eval()
+        x = torch.randn(2, 1, 48, 48)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x[:1]), model(x)[:1], atol=1e-5, rtol=1e-4)
+
+    def test_channels_last_bf16_close_to_fp32(self, member):
+        model = _build(member).eval()
+        x = torch.randn(2, 1, 48, 48)
+        with torch.no_grad():
+            reference = torch.sigmoid(model(x))
+            fast_model = model.to(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fast = torch.sigmoid(fast_model(x.contiguous(memory_format=torch.channels_last)).float())
+        assert (fast - reference).abs().mean() < 0.03
+
+    def test_eval_is_deterministic_and_state_dict_round_trips(self, member):
+        model = _build(member).eval()
+        x = torch.randn(1, 1, 45, 39)
+        with torch.no_grad():
+            first, second = model(x), model(x)
+        assert torch.equal(first, second)
+        torch.manual_seed(123)  # a differently initialised twin
+        name, options = MEMBERS[member]
+        twin = create_model(name, **options)
+        twin.load_state_dict(model.state_dict(), strict=True)
+        with torch.no_grad():
+            assert torch.equal(twin.eval()(x), first)
+
+
+@pytest.mark.parametrize("member", sorted(SMALL))
+def test_onnx_parity_of_every_registered_model(member, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from unetlab.export import _export_onnx
+
+    model = _build(member).eval()
+    example = torch.randn(1, 1, 67, 73)  # odd sides: the exported graph keeps the padding branch
+    shapes = [(1, 1, 64, 64), (2, 1, 45, 91)]
+    result = _export_onnx(model, example, tmp_path / "m.onnx", None, {"test": "zoo"}, shapes)
+    assert result["max_abs_diff"] < 1e-4, result["rows"]
