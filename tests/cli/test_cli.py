@@ -29,7 +29,7 @@ def test_train_evaluate_predict(tgs_dir, tmp_path, capsys):
                               "--split", "all", "--which", "last"], capsys)
     assert code == 0, err
     assert "tgs_map" in out
-    result = json.loads((run / "evaluation" / "last-all.json").read_text())
+    result = json.loads((run / "evaluation" / "last-all-t0.3.json").read_text())
     assert result["threshold"] == 0.3 and result["command"].startswith("unetlab evaluate")
     images = tgs_dir / "train" / "images"
     code, out, err = run_cli(["predict", str(run), str(images), "--out", str(tmp_path / "pred")], capsys)

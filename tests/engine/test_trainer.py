@@ -4,7 +4,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_fixtures import tiny_config, tiny_run  # noqa: F401
+from run_fixtures import TINY, tiny_config, tiny_run  # noqa: F401
+
+from unetlab.config import load_config
 
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.trainer import train
@@ -89,3 +91,30 @@ def test_split_file_is_reused(tiny_run, tgs_dir, tmp_path):
     old = json.loads((tiny_run / "split.json").read_text())
     new = json.loads((result.run_dir / "split.json").read_text())
     assert (old["train"], old["val"]) == (new["train"], new["val"])
+
+
+def test_pretrained_encoder_statistics_and_freezing(tgs_dir, tmp_path):
+    """A ResNet-34 encoder from a local weights file: ImageNet statistics are used and stored, and
+    the encoder does not move while frozen."""
+    from unetlab.models.resnet import ResNetEncoder
+
+    torch.manual_seed(0)
+    weights = {**ResNetEncoder(in_channels=3).state_dict(), "fc.weight": torch.zeros(1000, 512),
+               "fc.bias": torch.zeros(1000)}
+    torch.save(weights, tmp_path / "resnet34.pth")
+    overrides = [o for o in TINY if not o.startswith("model.")]
+    cfg = load_config(None, [*overrides, "model.name=resnet34_unet", f"model.encoder_weights={tmp_path / 'resnet34.pth'}",
+                             "model.decoder_widths=[16,16,8,8,8]", "train.epochs=1", "train.freeze_encoder_epochs=1"])
+    result = train(cfg, tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    best = torch.load(result.run_dir / "checkpoints" / "best.pt", weights_only=True)
+    assert best["mean"] == pytest.approx([(0.485 + 0.456 + 0.406) / 3])
+    summed = weights["conv1.weight"].sum(dim=1, keepdim=True)
+    assert torch.equal(best["model_state"]["encoder.conv1.weight"], summed)  # frozen: unchanged
+    assert torch.equal(best["model_state"]["encoder.bn1.running_mean"], weights["bn1.running_mean"])
+
+
+def test_freezing_a_model_without_encoder_is_refused(tgs_dir, tmp_path):
+    with pytest.raises(ConfigError, match="train.freeze_encoder_epochs"):
+        train(tiny_config("train.freeze_encoder_epochs=2"), tgs_dir, run_dir=tmp_path / "r", progress=False,
+              log=lambda _: None)
+    assert not (tmp_path / "r").exists()  # nothing written for a refused config

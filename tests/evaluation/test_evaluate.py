@@ -23,11 +23,11 @@ def test_evaluate_matches_an_independent_scoring(tiny_run, tgs_dir):
     reference.update(torch.from_numpy(np.stack(probs)), torch.from_numpy(data.masks[val]), threshold=0.4)
     for key, value in reference.compute().items():
         assert result["metrics"][key] == pytest.approx(value), key
-    saved = json.loads((tiny_run / "evaluation" / "best-val.json").read_text())
+    saved = json.loads((tiny_run / "evaluation" / "best-val-t0.4.json").read_text())
     assert saved["threshold"] == 0.4
     report = (tiny_run / "report.md").read_text()
     assert "tgs_map" in report and "unetlab evaluate" in report
-    assert (tiny_run / "figures" / "threshold-best-val.png").is_file()
+    assert (tiny_run / "figures" / "threshold-best-val-t0.4.png").is_file()
 
 
 def test_evaluate_splits_and_last_checkpoint(tiny_run, tgs_dir, tgs_info):

@@ -1,6 +1,7 @@
 """`unetlab evaluate RUN --data DIR`: metrics at the operating threshold, a threshold sweep of
 salt-pixel precision/recall, and the seed's figure (image / truth / prediction for training and
-validation samples). Results go to RUN/evaluation/<checkpoint>-<split>.json and RUN/report.md.
+validation samples). Results go to RUN/evaluation/<checkpoint>-<split>[-tta-X][-tT].json (the
+suffixes only when TTA or threshold differ from the run's) and RUN/report.md lists them all.
 """
 
 from __future__ import annotations
@@ -115,7 +116,12 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
 
     figures = run_dir / "figures"
+    # One result file per setting: non-default TTA or threshold get their own, so none overwrites another.
     tag = f"{which}-{split}"
+    if tta != predictor.config.eval.tta:
+        tag += f"-tta-{tta}"
+    if threshold != predictor.threshold:
+        tag += f"-t{threshold:g}"
     save_threshold_curve(figures / f"threshold-{tag}.png", SWEEP, sweep["precision"].numpy(),
                          sweep["recall"].numpy(), sweep["tgs_map"].numpy(), chosen=threshold)
     rows = []
