@@ -135,3 +135,35 @@ def test_predict_and_evaluate_bad_inputs(tiny_run, tgs_dir, tmp_path, capsys):
 def test_bad_option_values_are_refused_by_the_parser(tmp_path, capsys):
     code, _, err = run_cli(["demo", "--minutes", "-1"], capsys)
     assert code == 2 and "--minutes" in err
+
+
+def test_models_lists_every_registered_model(capsys):
+    from unetlab.models import list_models
+
+    code, out, err = run_cli(["models", "--size", "64x64"], capsys)
+    assert code == 0, err
+    for name in list_models():
+        assert name in out
+    code, _, err = run_cli(["models", "--size", "64xfoo"], capsys)
+    _one_line_error(code, err, "--size")
+
+
+def test_bench_models_times_a_chosen_model(tmp_path, capsys):
+    out = tmp_path / "models.json"
+    code, text, err = run_cli(["bench", "models", "--model", "fcn-small", "--size", "32", "--batch-size", "2",
+                               "--steps", "1", "--out", str(out)], capsys)
+    assert code == 0, err
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["model"] == "fcn-small" and row["train_images_per_s"] > 0 and row["receptive_field"] == 9
+    code, _, err = run_cli(["bench", "models", "--model", "nope"], capsys)
+    _one_line_error(code, err, "--model nope")
+
+
+def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    target = tmp_path / "m.onnx"
+    code, out, err = run_cli(["export", str(tiny_run), "--format", "onnx", "--out", str(target)], capsys)
+    assert code == 0, err
+    assert target.is_file() and "diff" in out
+    code, _, err = run_cli(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")], capsys)
+    _one_line_error(code, err, "--format")

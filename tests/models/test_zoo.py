@@ -40,6 +40,15 @@ class TestModelFamily:
         with torch.no_grad():
             assert model(torch.randn(2, 3, *size)).shape == (2, 2, *size)
 
+    def test_random_sizes(self, member):
+        """Any input size works: sizes drawn at random (seeded per member, so failures reproduce)."""
+        generator = torch.Generator().manual_seed(sum(map(ord, member)))
+        model = _build(member).eval()
+        for _ in range(3):
+            height, width = (int(v) for v in torch.randint(9, 140, (2,), generator=generator))
+            with torch.no_grad():
+                assert model(torch.randn(1, 1, height, width)).shape == (1, 1, height, width), (height, width)
+
     def test_every_parameter_gets_a_finite_gradient(self, member):
         model = _build(member).train()
         model(torch.randn(2, 1, 40, 44)).square().mean().backward()
