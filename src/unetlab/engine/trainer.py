@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import random
+import statistics
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -130,9 +131,9 @@ class Progress:
         if self._bar is not None:
             self._bar.update(self._steps, completed=step, description=f"epoch {epoch + 1}", ips=ips, loss=loss)
 
-    def epoch_done(self, epoch: int, summary: str) -> None:
+    def epoch_done(self, epoch: int, summary: str, ips: float, loss: float) -> None:
         if self._bar is not None:
-            self._bar.update(self._epochs, completed=epoch + 1)
+            self._bar.update(self._epochs, completed=epoch + 1, ips=ips, loss=loss)
             self._bar.console.print(summary)
 
     def stop(self) -> None:
@@ -236,6 +237,10 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
 
     progress_seen = [0.0]
 
+    def typical_epoch_seconds() -> float:
+        # The median ignores the first epoch's warm-up and short stalls of a shared machine.
+        return statistics.median(epoch_seconds) if epoch_seconds else 0.0
+
     def progress_share() -> float:
         """Share of training done: planned steps, or the time budget (less one epoch) if that is sooner.
 
@@ -243,7 +248,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
         """
         share = global_step / total_steps
         if math.isfinite(budget_s):
-            usable = budget_s - (max(epoch_seconds) if epoch_seconds else 0.0)
+            usable = budget_s - typical_epoch_seconds()
             share = max(share, (time.perf_counter() - start_time) / max(usable, 1e-9))
         progress_seen[0] = max(progress_seen[0], min(share, 1.0))
         return progress_seen[0]
@@ -255,7 +260,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     try:
         for epoch in range(cfg.train.epochs):
             elapsed = time.perf_counter() - start_time
-            if epoch_seconds and elapsed + epoch_seconds[-1] > budget_s:
+            if epoch_seconds and elapsed + typical_epoch_seconds() > budget_s:
                 stop_reason = f"time budget of {cfg.train.max_minutes:g} min reached"
                 break
             epoch_start = time.perf_counter()
@@ -324,7 +329,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                        f"val/iou {row['val/iou']:.3f}  val/tgs_map {row['val/tgs_map']:.3f}  "
                        f"lr {row['lr']:.2e}  {row['train/images_per_s']:.1f} img/s{marker}")
             if progress:
-                bar.epoch_done(epoch, summary)
+                bar.epoch_done(epoch, summary, row["train/images_per_s"], row["train/loss"])
             else:
                 log(summary)
             patience = cfg.train.early_stop_patience
