@@ -86,3 +86,155 @@ def save_png(path: str | Path, array: np.ndarray) -> Path:
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
     return atomic_write_bytes(path, buffer.getvalue())
+
+
+# --- multi-channel images and class-index masks (used by unetlab.data.formats) ----------------------
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            return handle.read(4) in _TIFF_MAGIC
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.__class__.__name__}); check its permissions") from None
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """Decode a TIFF with tifffile as (H, W) or (H, W, C); planar (C, H, W) is moved to channels-last.
+
+    Alpha samples (ExtraSamples 1 or 2 on an RGB page) are dropped; other extra samples are kept.
+    """
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            array = series.asarray()
+            axes = series.axes
+            page = tif.pages[0]
+            extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
+            photometric = int(getattr(page, "photometric", 0) or 0)
+    except Exception as exc:  # tifffile raises many types for corrupt files
+        raise DataError(f"{path}: cannot decode TIFF ({exc.__class__.__name__}); the file is corrupt: "
+                        "replace or remove it") from None
+    array = np.squeeze(array) if array.ndim > 3 else array
+    if array.ndim == 3 and not axes.endswith("S") and array.shape[0] < array.shape[-1]:
+        array = np.moveaxis(array, 0, -1)  # planar / stacked samples (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and photometric == 2 and array.shape[-1] >= 4 and any(e in (1, 2) for e in extrasamples):
+        array = array[..., :3]  # RGB + alpha
+    if array.ndim not in (2, 3):
+        raise DataError(f"{path}: TIFF holds an array of shape {array.shape} ({axes}); expected one image "
+                        "(H, W) or (H, W, C): split stacks into one file per image")
+    return array
+
+
+def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
+    """uint8 unchanged; bool -> 0/255; wider integers scaled by the image's maximum; floats min-max scaled."""
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if array.dtype.kind in "ui":
+        low = min(int(array.min()), 0) if array.size else 0
+        top = max(float(array.max()) - low, 1.0) if array.size else 1.0
+        return ((array.astype(np.float64) - low) / top * 255.0).round().astype(np.uint8)
+    if array.dtype.kind == "f":
+        finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        return ((finite - low) / max(high - low, 1e-12) * 255.0).round().astype(np.uint8)
+    raise DataError(f"unsupported pixel type {array.dtype}")
+
+
+def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
+    """Read an image as uint8 (H, W) or (H, W, C), keeping its channels, decoded by content.
+
+    Grey (+alpha) -> (H, W); RGB(A), palette, CMYK, YCbCr -> (H, W, 3) (alpha dropped); TIFF
+    (tifffile) keeps every sample, so multi-band images stay (H, W, C). 16-bit and wider integers
+    are scaled by the image's maximum (as `read_grey` does), floats min-max. `channels=3` returns
+    RGB (grey is repeated), `channels=1` grey via `read_grey`'s rules; other counts must match.
+    """
+    path = Path(path)
+    if channels == 1:
+        return read_grey(path)
+    if _is_tiff(path):
+        array = _scale_to_uint8(_read_tiff(path))
+    else:
+        image = _open(path)
+        if image.mode in ("1", "L", "LA", "La", "PA") or image.mode.startswith("I") or image.mode == "F":
+            if image.mode in ("LA", "La", "PA"):
+                image = image.convert("L") if image.mode != "LA" else image
+            array = np.asarray(image)
+            if array.ndim == 3:
+                array = array[..., 0]
+        else:
+            if image.mode != "RGB":
+                image = image.convert("RGB")  # palette, RGBA, CMYK, YCbCr, ...: drop alpha
+            array = np.asarray(image)
+        array = _scale_to_uint8(array)
+    if channels is not None:
+        if channels == 3 and array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        got = 1 if array.ndim == 2 else array.shape[-1]
+        if got != channels:
+            raise DataError(f"{path}: image has {got} channel(s), {channels} expected; convert the file or "
+                            "change the expected channel count")
+    return np.ascontiguousarray(array)
+
+
+def read_index_mask(path: str | Path) -> np.ndarray:
+    """Read a class-index mask as (H, W): uint8 when every value fits, else int64. Values are kept.
+
+    Palette PNGs give their palette indices (VOC), 16-bit masks keep their values ({0, 65535} stays),
+    bilevel masks give {0, 1}. Colour (RGB) masks are refused unless the three channels are equal:
+    they need a colour table (`unetlab.data.formats.camvid.read_rgb_masks`). Alpha is dropped.
+    """
+    path = Path(path)
+    if _is_tiff(path):
+        array = _read_tiff(path)
+    else:
+        image = _open(path)
+        if image.mode == "PA":
+            image = image.convert("P") if False else image
+        array = np.asarray(image)
+        if image.mode in ("LA", "La", "PA"):
+            array = array[..., 0]
+    if array.ndim == 3:
+        channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
+        if not all(np.array_equal(channels[..., 0], channels[..., k]) for k in range(1, channels.shape[-1])):
+            raise DataError(f"{path}: mask is a colour (RGB) image, not class indices; read it with a colour "
+                            "table (read_rgb_masks) or save the mask as 8-bit grey / palette PNG")
+        array = channels[..., 0]
+    if array.dtype == bool:
+        return array.astype(np.uint8)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise DataError(f"{path}: mask holds non-integer values; class masks must hold whole numbers")
+        array = array.astype(np.int64)
+    if array.dtype.kind not in "ui":
+        raise DataError(f"{path}: unsupported mask pixel type {array.dtype}")
+    if array.size and int(array.min()) < 0:
+        raise DataError(f"{path}: mask holds negative value {int(array.min())}; class indices start at 0")
+    if array.dtype != np.uint8:
+        array = array.astype(np.uint8) if (not array.size or int(array.max()) <= 255) else array.astype(np.int64)
+    return np.ascontiguousarray(array)
+
+
+def read_rgb_mask(path: str | Path) -> np.ndarray:
+    """Read a colour-coded mask as uint8 (H, W, 3) exactly as stored (palette expanded, alpha dropped)."""
+    path = Path(path)
+    if _is_tiff(path):
+        array = _read_tiff(path)
+        if array.ndim == 2:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if array.dtype != np.uint8 or array.shape[-1] < 3:
+            raise DataError(f"{path}: colour mask must be 8-bit RGB, got {array.dtype} with {array.shape[-1]} "
+                            "channel(s)")
+        return np.ascontiguousarray(array[..., :3])
+    image = _open(path)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return np.ascontiguousarray(np.asarray(image))

@@ -58,7 +58,7 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     factory = _factory(name)
     _check_names(name, options)
     signature = inspect.signature(factory)
-    hints = typing.get_type_hints(factory)
+    hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
     fields = {key: (hints.get(key, Any), param.default if param.default is not param.empty else ...)
               for key, param in signature.parameters.items()}
     schema = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid"),

@@ -221,22 +221,8 @@ class UNet(nn.Module):
         return self.head(x)[..., :height, :width]
 
 
-@register_model("unet")
-def unet(in_channels: int = 1, classes: int = 1, base_width: int = 16, depth: int = 4, *,
-         width_multiplier: float = 2.0,
-         downsample: Literal["maxpool", "strided"] = "maxpool",
-         strided_kernel: Literal[3, 2] = 3,
-         skip: Literal["concat", "add", "max", "min", "none"] = "concat",
-         upsample: Literal["transposed", "bilinear"] = "transposed",
-         block: Literal["plain", "residual"] = "plain",
-         norm: Literal["batch", "group", "instance", "none"] = "batch",
-         dropout: float = 0.0,
-         dropout_at: Literal["bottleneck", "decoder", "encoder", "all"] = "all",
-         scse: bool = False) -> UNet:
-    """The U-Net; every option is described on `UNet`."""
-    return UNet(in_channels, classes, base_width, depth, width_multiplier=width_multiplier,
-                downsample=downsample, strided_kernel=strided_kernel, skip=skip, upsample=upsample,
-                block=block, norm=norm, dropout=dropout, dropout_at=dropout_at, scse=scse)
+# The class is its own factory: one signature, so the registry's option check reads the class's.
+unet = register_model("unet")(UNet)
 
 
 _VARIANTS: dict[str, dict[str, object]] = {
