@@ -100,6 +100,23 @@ def demo(
     api_demo(out, minutes=minutes, images=images, seed=seed, overrides=set_, progress=_progress(no_progress))
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Data sets: download public ones.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="oxford-pet | tgs-salt (tgs-salt needs the kaggle tool and an API token)"),
+    dest: Path = typer.Argument(..., help="folder to create; pass it to --data afterwards"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="keep the downloaded archives here"),
+    no_progress: bool = typer.Option(False, "--no-progress", help="no progress bar"),
+) -> None:
+    """Download a public data set (SHA-256 checked, resumable) and unpack it into DEST."""
+    from unetlab.data.download import download_dataset
+
+    download_dataset(name, dest, cache_dir=cache_dir, progress=_progress(no_progress))
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: training throughput and the model zoo.")
 app.add_typer(bench_app, name="bench")
 

@@ -167,3 +167,13 @@ def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
     assert target.is_file() and "diff" in out
     code, _, err = run_cli(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")], capsys)
     _one_line_error(code, err, "--format")
+
+
+def test_data_download_unknown_name_and_kaggle_missing(tmp_path, capsys, monkeypatch):
+    code, _, err = run_cli(["data", "download", "imagenet", str(tmp_path / "x")], capsys)
+    _one_line_error(code, err, "imagenet")
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    code, _, err = run_cli(["data", "download", "tgs-salt", str(tmp_path / "tgs")], capsys)
+    _one_line_error(code, err, "kaggle")

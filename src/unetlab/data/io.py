@@ -122,8 +122,8 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise DataError(f"{path}: cannot decode TIFF ({exc.__class__.__name__}); the file is corrupt: "
                         "replace or remove it") from None
     array = np.squeeze(array) if array.ndim > 3 else array
-    if array.ndim == 3 and not axes.endswith("S") and array.shape[0] < array.shape[-1]:
-        array = np.moveaxis(array, 0, -1)  # planar / stacked samples (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and not axes.endswith("S"):
+        array = np.moveaxis(array, 0, -1)  # planar samples or one band per page (C, H, W) -> (H, W, C)
     if array.ndim == 3 and photometric == 2 and array.shape[-1] >= 4 and any(e in (1, 2) for e in extrasamples):
         array = array[..., :3]  # RGB + alpha
     if array.ndim not in (2, 3):
@@ -163,17 +163,13 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     if _is_tiff(path):
         array = _scale_to_uint8(_read_tiff(path))
     else:
-        image = _open(path)
-        if image.mode in ("1", "L", "LA", "La", "PA") or image.mode.startswith("I") or image.mode == "F":
-            if image.mode in ("LA", "La", "PA"):
-                image = image.convert("L") if image.mode != "LA" else image
-            array = np.asarray(image)
-            if array.ndim == 3:
-                array = array[..., 0]
-        else:
-            if image.mode != "RGB":
-                image = image.convert("RGB")  # palette, RGBA, CMYK, YCbCr, ...: drop alpha
-            array = np.asarray(image)
+        with _open(path) as image:  # closed here: multi-frame formats (GIF) keep their file open
+            if image.mode in ("1", "L", "LA", "La") or image.mode.startswith("I") or image.mode == "F":
+                array = np.asarray(image.convert("LA") if image.mode == "La" else image)
+                if array.ndim == 3:  # grey + alpha: keep the grey
+                    array = array[..., 0]
+            else:  # palette, RGBA, CMYK, YCbCr, ...: RGB, alpha dropped
+                array = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
         array = _scale_to_uint8(array)
     if channels is not None:
         if channels == 3 and array.ndim == 2:
@@ -196,12 +192,10 @@ def read_index_mask(path: str | Path) -> np.ndarray:
     if _is_tiff(path):
         array = _read_tiff(path)
     else:
-        image = _open(path)
-        if image.mode == "PA":
-            image = image.convert("P") if False else image
-        array = np.asarray(image)
-        if image.mode in ("LA", "La", "PA"):
-            array = array[..., 0]
+        with _open(path) as image:
+            array = np.asarray(image)
+            if image.mode in ("LA", "La", "PA") and array.ndim == 3:  # palette / grey + alpha: drop alpha
+                array = array[..., 0]
     if array.ndim == 3:
         channels = array[..., :3] if array.shape[-1] >= 3 else array[..., :1]
         if not all(np.array_equal(channels[..., 0], channels[..., k]) for k in range(1, channels.shape[-1])):
@@ -234,7 +228,5 @@ def read_rgb_mask(path: str | Path) -> np.ndarray:
             raise DataError(f"{path}: colour mask must be 8-bit RGB, got {array.dtype} with {array.shape[-1]} "
                             "channel(s)")
         return np.ascontiguousarray(array[..., :3])
-    image = _open(path)
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    return np.ascontiguousarray(np.asarray(image))
+    with _open(path) as image:
+        return np.ascontiguousarray(np.asarray(image if image.mode == "RGB" else image.convert("RGB")))

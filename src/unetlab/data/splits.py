@@ -1,9 +1,15 @@
-"""Train/validation splits, stratified by salt coverage, fixed by seed, saved as split.json."""
+"""Train/validation splits, stratified by salt coverage (or by dominant class), fixed by seed.
+
+Single splits are saved as split.json (`save_split` / `load_split`), k-fold cross-validation folds as
+folds.json (`save_kfold` / `load_kfold`); both store ids, not positions, so they survive a data set
+that lists its files in another order.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -72,3 +78,112 @@ def load_split(path: str | Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray
                         "use the data set the split was made from")
     return (np.array(sorted(position[i] for i in train_ids), dtype=np.int64),
             np.array(sorted(position[i] for i in val_ids), dtype=np.int64))
+
+
+# ----------------------------------------------------------------------------- multi-class strata
+
+
+def dominant_class_strata(masks: Iterable[np.ndarray], num_classes: int, ignore_index: int | None = None,
+                          min_fraction: float = 0.01) -> np.ndarray:
+    """One stratum per image for multi-class data: its dominant foreground class, else 0.
+
+    The rule, per image: among the classes other than the background class 0, take those that
+    cover at least `min_fraction` (1 %) of the image's labelled pixels (pixels equal to
+    `ignore_index` are not counted, neither as a class nor in the total); the stratum is the most
+    frequent of them (ties: the lowest class index). If there is none (only background, foreground
+    below 1 %, or nothing labelled) the stratum is 0. Returns int64 (N,), values in [0, num_classes).
+
+    Values outside [0, num_classes) other than `ignore_index` raise ValueError naming the value.
+    """
+    from unetlab.data.stats import class_pixel_counts_per_image
+
+    counts = class_pixel_counts_per_image(masks, num_classes, ignore_index)
+    strata = np.zeros(len(counts), dtype=np.int64)
+    if counts.shape[1] < 2 or len(counts) == 0:
+        return strata
+    labelled = counts.sum(axis=1)
+    foreground = counts[:, 1:]
+    # at least min_fraction of the labelled pixels (relative tolerance for 1 % of e.g. 10000 pixels)
+    qualifies = (foreground > 0) & (foreground >= min_fraction * labelled[:, None] * (1 - 1e-12))
+    best = np.argmax(np.where(qualifies, foreground, -1), axis=1)  # argmax: first (lowest) on ties
+    has = qualifies.any(axis=1)
+    strata[has] = best[has] + 1
+    return strata
+
+
+# ----------------------------------------------------------------------------- unstratified, k-fold
+
+
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Unstratified split of range(n): sorted (train, val), len(val) = round(n * val_fraction).
+
+    Same rules and errors as `stratified_split` with a single stratum.
+    """
+    return stratified_split(np.zeros(int(n), dtype=np.int64), val_fraction, seed)
+
+
+def kfold_splits(strata: Sequence | np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold cross-validation: k sorted (train_idx, val_idx) int64 pairs.
+
+    Every index is in exactly one validation fold (and in the training part of the other k - 1);
+    the validation folds' sizes differ by at most 1, and so do the numbers of each stratum's members
+    in each fold (a stratum of m members puts floor(m / k) or ceil(m / k) in every fold, the same
+    per-stratum fold sizes as sklearn's StratifiedKFold). A stratum smaller than k simply leaves some
+    folds without it. Deterministic by seed; different seeds shuffle differently.
+
+    Method: each stratum is shuffled, the strata are laid end to end, and position p goes to fold
+    p mod k (any run of consecutive positions spreads evenly over the folds); the fold numbers are
+    then permuted at random so that the folds which get one extra sample are not always the first.
+    """
+    strata = np.asarray(strata)
+    n = len(strata)
+    if int(k) != k or k < 2:
+        raise DataError(f"k-fold cross-validation needs k >= 2 folds, got k={k}")
+    k = int(k)
+    if k > n:
+        raise DataError(f"cannot make {k} folds of {n} samples: every fold needs a validation sample; "
+                        f"use k <= {n}")
+    rng = np.random.default_rng(seed)
+    order: list[np.ndarray] = []
+    for value in np.unique(strata):
+        members = np.flatnonzero(strata == value)
+        rng.shuffle(members)
+        order.append(members)
+    ordered = np.concatenate(order)
+    fold_of = np.empty(n, dtype=np.int64)
+    fold_of[ordered] = rng.permutation(k)[np.arange(n) % k]
+    everything = np.arange(n, dtype=np.int64)
+    return [(everything[fold_of != f], everything[fold_of == f]) for f in range(k)]
+
+
+def save_kfold(path: str | Path, ids: list[str], folds: Sequence[tuple[np.ndarray, np.ndarray]],
+               **meta: object) -> Path:
+    """Write folds as JSON {**meta, "k": k, "folds": [{"train": [ids], "val": [ids]}, ...]}, atomically."""
+    payload = {**meta, "k": len(folds),
+               "folds": [{"train": [ids[i] for i in train], "val": [ids[i] for i in val]} for train, val in folds]}
+    return atomic_write_text(path, json.dumps(payload, indent=1))
+
+
+def load_kfold(path: str | Path, ids: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Map saved folds onto `ids`: sorted int64 (train_idx, val_idx) per fold; every id must be present."""
+    path = Path(path)
+    not_kfold = f"{path}: not a k-fold file (expected JSON with 'k' and 'folds': [{{'train': [...], 'val': [...]}}])"
+    try:
+        payload = json.loads(path.read_text())
+        k, folds = payload["k"], payload["folds"]
+        pairs = [(list(fold["train"]), list(fold["val"])) for fold in folds]
+        if not all(isinstance(name, str) for train, val in pairs for name in train + val):
+            raise TypeError
+    except FileNotFoundError:
+        raise DataError(f"{path}: k-fold file not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise DataError(not_kfold) from None
+    if not isinstance(k, int) or isinstance(k, bool) or k != len(pairs):
+        raise DataError(f"{path}: the file says k={k!r} but holds {len(pairs)} fold(s); the file is damaged")
+    position = {name: i for i, name in enumerate(ids)}
+    missing = list(dict.fromkeys(name for train, val in pairs for name in train + val if name not in position))
+    if missing:
+        raise DataError(f"{path}: {len(missing)} id(s) of the folds are not in the data (first: {missing[0]}); "
+                        "use the data set the folds were made from")
+    return [(np.array(sorted(position[i] for i in train), dtype=np.int64),
+             np.array(sorted(position[i] for i in val), dtype=np.int64)) for train, val in pairs]

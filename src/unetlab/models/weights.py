@@ -11,18 +11,14 @@
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import os
 import sys
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
+from unetlab.data.download import ChecksumMismatch, DownloadFailed, download_file, one_line, sha256_of
 from unetlab.errors import UnetlabError
 
 # name -> (url, the leading hex digits of the file's SHA-256). torchvision publishes the first 8 hex
@@ -33,7 +29,6 @@ WEIGHTS: dict[str, tuple[str, str]] = {
 }
 DOWNLOAD_TIMEOUT_S = 60.0
 CACHE_ENV = "UNETLAB_CACHE"
-_CHUNK = 1 << 20
 
 
 def default_cache_dir() -> Path:
@@ -71,7 +66,7 @@ def fetch_weights(name: str, cache_dir: str | Path | None = None, progress: bool
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = folder / url.rsplit("/", 1)[-1]
     if target.is_file():
-        if _sha256(target).startswith(prefix):
+        if sha256_of(target).startswith(prefix):
             return target
         print(f"unetlab: cached {target} does not match its SHA-256 prefix {prefix}; downloading it again",
               file=sys.stderr)
@@ -79,68 +74,31 @@ def fetch_weights(name: str, cache_dir: str | Path | None = None, progress: bool
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UnetlabError(f"model.encoder_weights: cannot create the weights cache {folder} ({_one_line(exc)}); "
+        raise UnetlabError(f"model.encoder_weights: cannot create the weights cache {folder} ({one_line(exc)}); "
                            f"set ${CACHE_ENV} to a writable folder") from None
     _download(url, prefix, target, progress)
     return target
 
 
 def _download(url: str, prefix: str, target: Path, progress: bool) -> None:
-    """Download `url` to a temporary file next to `target`, check its SHA-256 prefix, rename it into place."""
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
-    temp = Path(handle.name)
+    """Download `url` next to `target` (`.<name>.<pid>.part`), check its SHA-256 prefix, rename it into place.
+
+    The transfer is `unetlab.data.download.download_file` without resuming: any failure deletes the
+    partial file, so the cache only ever holds verified checkpoints.
+    """
     try:
-        with handle:
-            try:
-                digest = _copy_from_url(url, handle, target.name, progress)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                # URLError, HTTPError, TimeoutError and connection resets are all OSErrors.
-                raise UnetlabError(
-                    f"model.encoder_weights: downloading {url} failed ({_one_line(exc)}); without internet, "
-                    f"fetch {url} on a connected machine and pass the file: "
-                    f"model.encoder_weights=/path/to/{target.name}") from None
-        if not digest.startswith(prefix):
-            raise UnetlabError(
-                f"model.encoder_weights: {url} arrived with SHA-256 {digest[:len(prefix)]}..., expected prefix "
-                f"{prefix}; the file was not kept; retry, or pass a verified local file: "
-                f"model.encoder_weights=/path/to/{target.name}")
-        os.replace(temp, target)
-    finally:
-        temp.unlink(missing_ok=True)
-
-
-def _copy_from_url(url: str, out: IO[bytes], label: str, progress: bool) -> str:
-    """Stream `url` into `out`, showing progress on stderr; the hex SHA-256 of what was written."""
-    sha = hashlib.sha256()
-    request = urllib.request.Request(url, headers={"User-Agent": "unetlab"})
-    shown: int | None = None
-    try:
-        with urllib.request.urlopen(request, timeout=DOWNLOAD_TIMEOUT_S) as response:
-            total = int(response.headers.get("Content-Length") or 0)
-            done = 0
-            while chunk := response.read(_CHUNK):
-                out.write(chunk)
-                sha.update(chunk)
-                done += len(chunk)
-                percent = 100 * done // total if total else -1
-                if progress and (percent != shown or not total):
-                    shown = percent
-                    size = f"{done / 1e6:.1f}/{total / 1e6:.1f} MB ({percent}%)" if total else f"{done / 1e6:.1f} MB"
-                    print(f"\rdownloading {label}: {size}", end="", file=sys.stderr, flush=True)
-            if total and done != total:
-                raise http.client.IncompleteRead(b"", total - done)
-    finally:
-        if shown is not None:
-            print(file=sys.stderr, flush=True)  # end the progress line, also before an error message
-    return sha.hexdigest()
-
-
-def _sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            sha.update(chunk)
-    return sha.hexdigest()
+        download_file(url, target, sha256=prefix, part=target.with_name(f".{target.name}.{os.getpid()}.part"),
+                      resume=False, timeout=DOWNLOAD_TIMEOUT_S, progress=progress, label=target.name)
+    except DownloadFailed as exc:
+        raise UnetlabError(
+            f"model.encoder_weights: downloading {url} failed ({exc.reason}); without internet, "
+            f"fetch {url} on a connected machine and pass the file: "
+            f"model.encoder_weights=/path/to/{target.name}") from None
+    except ChecksumMismatch as exc:
+        raise UnetlabError(
+            f"model.encoder_weights: {url} arrived with SHA-256 {exc.actual[:len(prefix)]}..., expected prefix "
+            f"{prefix}; the file was not kept; retry, or pass a verified local file: "
+            f"model.encoder_weights=/path/to/{target.name}") from None
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -148,7 +106,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unpickler errors have no common base class
         raise UnetlabError(f"model.encoder_weights: cannot read {path} as a torch checkpoint "
-                           f"({_one_line(exc)}); pass a state dict saved with torch.save") from None
+                           f"({one_line(exc)}); pass a state dict saved with torch.save") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not loaded or not all(
@@ -156,8 +114,3 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise UnetlabError(f"model.encoder_weights: {path} holds no state dict (name -> tensor), "
                            f"nor a dict with one under 'state_dict'")
     return dict(loaded)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
