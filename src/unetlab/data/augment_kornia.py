@@ -209,7 +209,10 @@ def _pipeline(s: AugmentSettings, size: tuple[int, int], padding: str):
             padding_mode=padding, p=1.0,
         ))
     if s.crop_scale is not None:
-        steps.append(K.RandomResizedCrop(s.crop_size or size, scale=s.crop_scale, ratio=s.crop_ratio, p=1.0))
+        # align_corners=False: kornia's default (True) resizes the image on a grid half a pixel off
+        # the one its nearest mask resize uses, which misaligns masks by up to half an output pixel
+        steps.append(K.RandomResizedCrop(s.crop_size or size, scale=s.crop_scale, ratio=s.crop_ratio,
+                                         align_corners=False, p=1.0))
     if s.brightness > 0:
         steps.append(K.RandomBrightness((1.0 - s.brightness, 1.0 + s.brightness), p=1.0))
     if s.contrast > 0:
