@@ -50,7 +50,7 @@ GEOMETRIC = {
     "scale": AugmentSettings(scale=(0.7, 1.3)),
     "shear": AugmentSettings(shear=10.0),
     "crop": AugmentSettings(crop_scale=(0.3, 1.0)),
-    "crop_resized": AugmentSettings(crop_scale=(0.3, 1.0), crop_size=(48, 40)),
+    "crop_resized": AugmentSettings(crop_scale=(0.3, 1.0), crop_size=(80, 72)),
     "all": AugmentSettings(hflip=0.5, vflip=0.5, rotate=20.0, shift=0.1, scale=(0.8, 1.2), shear=5.0,
                            crop_scale=(0.5, 1.0)),
     "photographic": PRESETS["photographic"],
@@ -64,9 +64,16 @@ GEOMETRIC = {
 @pytest.mark.parametrize("name", list(GEOMETRIC))
 @pytest.mark.parametrize("ignore_index", [None, IGNORE])
 def test_masks_stay_aligned_with_images(name, ignore_index):
-    """An image equal to its binary mask stays equal to it (> 99 %) after augmentation."""
+    """An image equal to its binary mask stays equal to it (> 99 %) after augmentation, and every
+    disagreement lies on a mask boundary.
+
+    A single warp keeps them exactly aligned (bilinear > 0.5 picks the pixel nearest picks), but an
+    affine followed by a resized crop resamples twice: the nearest-resampled mask rounds the
+    intermediate edge half a pixel one way or the other, then the crop enlarges that; so edge pixels
+    can disagree (~1 % of the pixels of these 96-px masks, about half of those of 48-px ones).
+    """
     settings = GEOMETRIC[name]
-    masks = blob_masks(8, 48, seed=2)
+    masks = blob_masks(8, 96, seed=2)
     channels = 3 if settings.colour else 1
     images = masks.float().expand(-1, channels, -1, -1).contiguous()
     if settings.intensity:  # intensity steps would move the 0.5 threshold; this test is about geometry
@@ -76,8 +83,12 @@ def test_masks_stay_aligned_with_images(name, ignore_index):
     out_i, out_m = build_augmentation(settings, ignore_index)(images, masks, gen(5))
     valid = out_m != IGNORE
     assert valid.float().mean() > 0.5
-    agreement = ((out_i[:, :1] > 0.5) == (out_m == 1))[valid].float().mean().item()
-    assert agreement > 0.99
+    disagree = ((out_i[:, :1] > 0.5) != (out_m == 1)) & valid
+    assert 1.0 - disagree.float().sum().item() / valid.sum().item() > 0.99
+    m = out_m.float()
+    p = torch.nn.functional.pad(m, (1, 1, 1, 1), mode="replicate")
+    edge = (p[..., :-2, 1:-1] != m) | (p[..., 2:, 1:-1] != m) | (p[..., 1:-1, :-2] != m) | (p[..., 1:-1, 2:] != m)
+    assert not (disagree & ~edge).any()
     assert not torch.equal(out_m, masks) if out_m.shape == masks.shape else True  # the geometry changed
 
 

@@ -296,7 +296,8 @@ def test_palette_masks_with_255_boundary(tmp_path):
     assert samples.ignore_index == 255 and len(samples.class_names) == 21
     assert samples.mask_values() == [0, 1, 2, 255]  # palette indices, not colours
     assert read_palette_masks(tmp_path, split="train").ids == ["2007_000033"]
-    with pytest.raises(DataError, match=r"2007_000032\.png \(id '2007_000032'\): mask values \[255\] outside classes 0\.\.2 "):
+    message = r"2007_000032\.png \(id '2007_000032'\): mask values \[255\] outside classes 0\.\.2 "
+    with pytest.raises(DataError, match=message):
         read_palette_masks(tmp_path, class_names=["a", "b", "c"], ignore_index=None)
 
 
@@ -314,7 +315,8 @@ def test_rgb_masks_colour_table_and_unknown_colour(tmp_path):
     bad = np.zeros((4, 4, 3), np.uint8)
     bad[3, 2] = (64, 0, 128)
     save(tmp_path / "masks" / "b_L.png", bad)
-    with pytest.raises(DataError, match=r"masks/b_L\.png: unknown colour \(64, 0, 128\) \(1 pixel\(s\), first at x=2, y=3\)"):
+    message = r"masks/b_L\.png: unknown colour \(64, 0, 128\) \(1 pixel\(s\), first at x=2, y=3\)"
+    with pytest.raises(DataError, match=message):
         read_rgb_masks(tmp_path, colours, mask_suffix="_L", ignore_index=255)
     with pytest.raises(DataError, match="x.png: unknown colour"):
         rgb_to_index(bad, {}, "x.png")
@@ -400,8 +402,10 @@ def test_to_binary_dataset_equal_sizes_and_refusals(tmp_path):
 
 def test_check_names_the_mask_file():
     bad = samples_of([(4, 5)], values=(3,))
-    with pytest.raises(DataError, match=r"r/masks/s0\.png \(id 's0'\): mask values \[3\] outside"):
+    with pytest.raises(DataError, match=r"r/masks/s0\.png \(id 's0'\): mask values \[3\] outside classes 0\.\.1"):
         bad.check()
+    with pytest.raises(DataError, match="binary_rule='maybe': unknown rule"):
+        read_folders(Path("."), binary_rule="maybe")
     shape = samples_of([(4, 5)])
     shape.masks[0] = np.zeros((4, 4), np.uint8)
     with pytest.raises(DataError, match=r"r/masks/s0\.png.*mask size 4x4 differs from its image's 5x4"):

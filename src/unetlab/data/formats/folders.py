@@ -73,7 +73,8 @@ def read_pairs(root: Path, pairs: list[tuple[str, Path, Path]], *, class_names: 
                mask_reader=read_index_mask) -> SegmentationSamples:
     """Decode (id, image, mask) pairs into checked SegmentationSamples."""
     if binary_rule not in BINARY_RULES:
-        apply_binary_rule(np.zeros((1, 1), np.uint8), binary_rule)  # raises the DataError
+        raise DataError(f"binary_rule={binary_rule!r}: unknown rule; choose one of "
+                        f"{', '.join(map(repr, BINARY_RULES))}")
     images = [read_image(image, channels=channels) for _, image, _ in pairs]
     if channels is None:
         images = harmonise_channels(images, [image for _, image, _ in pairs])
@@ -107,6 +108,9 @@ def read_folders(root: str | Path, images: str = "images", masks: str = "masks",
     their channels (grey files among RGB ones are repeated to RGB).
     """
     root = Path(root)
+    if binary_rule not in BINARY_RULES:
+        raise DataError(f"binary_rule={binary_rule!r}: unknown rule; choose one of "
+                        f"{', '.join(map(repr, BINARY_RULES))}")
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found; pass the folder that holds {images}/ and {masks}/")
     if class_names is None and num_classes is not None:

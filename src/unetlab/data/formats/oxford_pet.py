@@ -82,7 +82,6 @@ def read_oxford_pet(root: str | Path, split: str = "trainval", border: str = "ig
     trimaps = list_files(trimap_dir, role="trimap")
     images = list_files(image_dir, role="image")
     list_path = root / "annotations" / f"{split}.txt"
-    source = "all trimaps with an image"
     if split != "all" and list_path.is_file():
         listed = read_split_list(list_path)
         for sample_id in listed:
@@ -93,7 +92,6 @@ def read_oxford_pet(root: str | Path, split: str = "trainval", border: str = "ig
                 raise DataError(f"{list_path}: '{sample_id}' has no trimap {trimap_dir / sample_id}.png; "
                                 "restore the trimap or remove the line")
         ids = list(listed)
-        source = str(list_path)
     else:
         listed = {}
         ids = sorted(i for i in trimaps if i in images)
@@ -109,7 +107,4 @@ def read_oxford_pet(root: str | Path, split: str = "trainval", border: str = "ig
                            **listed.get(sample_id, {})}
     samples = SegmentationSamples(ids=ids, images=out_images, masks=out_masks, class_names=list(CLASS_NAMES),
                                   ignore_index=IGNORE if border == "ignore" else None, root=root, meta=meta)
-    samples.check()
-    if not ids:
-        raise DataError(f"{source}: no samples; check the split name and the folders")
-    return samples
+    return samples.check()

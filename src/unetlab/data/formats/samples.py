@@ -63,8 +63,7 @@ class SegmentationSamples:
             raise DataError(f"{self.root}: {len(self.ids)} ids, {len(self.images)} images and {len(self.masks)} "
                             "masks; a reader must return one image and one mask per id")
         if len(set(self.ids)) != len(self.ids):
-            seen: set[str] = set()
-            dup = next(i for i in self.ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+            dup = next(i for k, i in enumerate(self.ids) if i in self.ids[:k])
             raise DataError(f"{self.root}: duplicate id '{dup}'; ids must be unique: rename or remove one")
         if self.num_classes < 1:
             raise DataError(f"{self.root}: no class names; give the classes of the task")
