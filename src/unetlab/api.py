@@ -12,7 +12,7 @@ from typing import Callable
 
 from unetlab.bench import bench_train
 from unetlab.config import Config, load_config
-from unetlab.data.formats.tgs import load_tgs
+from unetlab.data.formats.registry import load_binary
 from unetlab.demo import demo
 from unetlab.engine.trainer import TrainResult
 from unetlab.engine.trainer import train as _train
@@ -27,7 +27,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
           log: Callable[[str], None] = print) -> TrainResult:
     """Train, then score the best checkpoint on the validation split (report.md + figures)."""
     root = data_root if data_root is not None else config.data.root
-    dataset = load_tgs(root) if root is not None else None  # decoded once for training and evaluation
+    # Decoded once for training and evaluation.
+    dataset = load_binary(config.data.format, root, config.data.options) if root is not None else None
     result = _train(config, data_root=root, run_dir=run_dir, runs_base=runs_base, progress=progress, log=log,
                     dataset=dataset)
     if evaluate_after and dataset is not None:

@@ -22,13 +22,29 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    format: Literal["tgs"] = "tgs"
+    format: str = Field("tgs", description="a reader of unetlab.data.formats.registry.FORMATS")
+    options: dict[str, Any] = Field(default_factory=dict, description="the reader's options, e.g. {foreground: 0}")
     root: Optional[str] = None
     input_size: int = Field(128, ge=8, description="side of the square the model sees")
     sizing: Literal["pad", "resize"] = "pad"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     coverage_bins: int = Field(10, ge=1, description="salt-coverage classes for the stratified split")
     split_file: Optional[str] = Field(None, description="reuse the split.json of an earlier run")
+
+
+    @model_validator(mode="after")
+    def _known_format(self) -> "DataConfig":
+        from unetlab.data.formats.registry import FORMATS, format_options
+
+        key = self.format.strip().lower().replace("_", "-")
+        if key not in FORMATS:
+            raise ConfigError(f"bad value for 'data.format': unknown format {self.format!r}; "
+                              f"choose one of {', '.join(FORMATS)}")
+        unknown = sorted(set(self.options) - set(format_options(key)))
+        if unknown:
+            raise ConfigError(f"unknown config key 'data.options.{unknown[0]}': format {key!r} takes "
+                              f"{', '.join(format_options(key)) or 'no options'}")
+        return self
 
 
 class ModelConfig(_Section):

@@ -118,3 +118,24 @@ def test_freezing_a_model_without_encoder_is_refused(tgs_dir, tmp_path):
         train(tiny_config("train.freeze_encoder_epochs=2"), tgs_dir, run_dir=tmp_path / "r", progress=False,
               log=lambda _: None)
     assert not (tmp_path / "r").exists()  # nothing written for a refused config
+
+
+def test_trains_on_another_format_isbi_with_its_options(tmp_path):
+    """Any binary reader feeds the same trainer: an ISBI-style folder, segmenting membranes (label 0)."""
+    from PIL import Image
+
+    from unetlab.data.synthetic import generate_seismic
+
+    images, masks = generate_seismic(8, size=48, seed=3)
+    for sub in ("image", "label"):
+        (tmp_path / "isbi" / "train" / sub).mkdir(parents=True)
+    for i, (image, mask) in enumerate(zip(images, masks)):
+        Image.fromarray(image).save(tmp_path / "isbi" / "train" / "image" / f"{i}.png")
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp_path / "isbi" / "train" / "label" / f"{i}.png")
+    cfg = tiny_config("data.format=isbi", "data.options={foreground: 0}", "train.epochs=1", "data.input_size=48")
+    result = train(cfg, tmp_path / "isbi", run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert result.epochs_run == 1
+    with pytest.raises(ConfigError, match="data.options.fg"):
+        tiny_config("data.format=isbi", "data.options={fg: 0}")
+    with pytest.raises(ConfigError, match="data.format"):
+        tiny_config("data.format=coco")

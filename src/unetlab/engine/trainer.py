@@ -23,7 +23,8 @@ import torch.nn as nn
 
 from unetlab.config import Config
 from unetlab.data.augment import BatchAugment
-from unetlab.data.formats.tgs import BinaryDataset, load_tgs
+from unetlab.data.formats.registry import load_binary
+from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.sizing import Sizing
 from unetlab.data.splits import coverage_classes, load_split, save_split, stratified_split
@@ -188,7 +189,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     if cfg.train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp32")
 
-    dataset = dataset if dataset is not None else load_tgs(cfg.data.root)  # type: ignore[arg-type]
+    if dataset is None:
+        dataset = load_binary(cfg.data.format, cfg.data.root, cfg.data.options)  # type: ignore[arg-type]
     # Built before the run folder exists, so a bad option or a failed weight download leaves nothing behind.
     model = create_model(cfg.model.name, **cfg.model.options()).to(device)
     if cfg.train.freeze_encoder_epochs and not hasattr(model, "freeze_encoder"):

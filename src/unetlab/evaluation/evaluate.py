@@ -13,7 +13,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from unetlab.data.formats.tgs import BinaryDataset, load_tgs
+from unetlab.data.formats.registry import load_binary
+from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
 from unetlab.engine.checkpoint import resolve_checkpoint
@@ -102,7 +103,9 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     if not 0.0 < threshold < 1.0:
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     tta = predictor.config.eval.tta if tta is None else tta
-    dataset = dataset if dataset is not None else load_tgs(data_root)
+    if dataset is None:
+        data_cfg = predictor.config.data
+        dataset = load_binary(data_cfg.format, data_root, data_cfg.options)
     split, sets = _choose_indices(run_dir, dataset, split)
     indices = sets[split]
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)

@@ -13,7 +13,7 @@ from unetlab.data.formats.folders import read_folders
 from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.formats.tgs import load_tgs
+from unetlab.data.formats.tgs import BinaryDataset, load_tgs
 from unetlab.errors import DataError
 
 
@@ -52,3 +52,10 @@ def read_dataset(format: str, root: str | Path, **options) -> SegmentationSample
         raise DataError(f"format {key!r}: unknown option(s) {', '.join(unknown)}; accepted: "
                         f"{', '.join(accepted) or 'none'}")
     return FORMATS[key](root, **options)
+
+
+def load_binary(format: str, root: str | Path, options: dict | None = None) -> BinaryDataset:
+    """What the binary trainer, evaluate and the demo read: equal-sized grey images and bool masks."""
+    if format.strip().lower() == "tgs" and not options:
+        return load_tgs(root)  # direct: keeps the array layout without a round trip through lists
+    return read_dataset(format, root, **(options or {})).to_binary_dataset()
