@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from unetlab.errors import UnetlabError
@@ -98,6 +99,28 @@ def demo(
     from unetlab.api import demo as api_demo
 
     api_demo(out, minutes=minutes, images=images, seed=seed, overrides=set_, progress=_progress(no_progress))
+
+
+@app.command("augment-preview")
+def augment_preview_command(
+    data: Path = typer.Argument(..., help="data folder"),
+    out: Path = typer.Option(..., "--out", help="PNG file to write"),
+    preset: str = typer.Option("seismic", "--preset", help="seismic | photographic | none"),
+    data_format: str = typer.Option("tgs", "--format", help="data format (see README)"),
+    count: int = typer.Option(12, "--count", min=1, help="number of augmented pairs"),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """A PNG grid of augmented image/mask pairs, mask boundaries drawn, to check a preset by eye."""
+    from unetlab.data.augment_kornia import PRESETS, augment_preview
+    from unetlab.data.formats.registry import read_dataset
+
+    if preset not in PRESETS:
+        _fail(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
+    samples = read_dataset(data_format, data)
+    chosen = [int(i) for i in np.random.default_rng(seed).choice(len(samples), min(count, len(samples)), replace=False)]
+    augment_preview(out, [samples.images[i] for i in chosen], [samples.masks[i] for i in chosen], PRESETS[preset],
+                    n=len(chosen), seed=seed, ignore_index=samples.ignore_index)
+    typer.echo(f"wrote {out} ({len(chosen)} pairs, preset {preset})")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: download public ones.")

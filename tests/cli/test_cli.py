@@ -177,3 +177,14 @@ def test_data_download_unknown_name_and_kaggle_missing(tmp_path, capsys, monkeyp
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     code, _, err = run_cli(["data", "download", "tgs-salt", str(tmp_path / "tgs")], capsys)
     _one_line_error(code, err, "kaggle")
+
+
+def test_augment_preview_writes_a_grid(tgs_dir, tmp_path, capsys):
+    from PIL import Image
+
+    out = tmp_path / "aug.png"
+    code, text, err = run_cli(["augment-preview", str(tgs_dir), "--out", str(out), "--count", "4"], capsys)
+    assert code == 0, err
+    assert Image.open(out).size[0] > 100 and "preset seismic" in text
+    code, _, err = run_cli(["augment-preview", str(tgs_dir), "--out", str(out), "--preset", "wild"], capsys)
+    _one_line_error(code, err, "--preset wild")
