@@ -123,6 +123,30 @@ def augment_preview_command(
     typer.echo(f"wrote {out} ({len(chosen)} pairs, preset {preset})")
 
 
+@app.command()
+def inspect(
+    data: Path = typer.Argument(..., help="data folder"),
+    format_: str = typer.Option("tgs", "--format", help="data format: tgs | folders | oxford-pet | camvid | isbi"),
+    set_option: List[str] = typer.Option([], "--set-option", help="a reader option, e.g. --set-option binary_rule=nonzero"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write samples.png and inspection.json here"),
+    classes: Optional[int] = typer.Option(None, "--classes", min=1, help="number of classes: larger mask values are fatal"),
+) -> None:
+    """What is in a data set: counts, sizes, modes, mask values, class shares, coverage, every problem."""
+    import yaml
+
+    from unetlab.data.inspect import inspect_dataset
+
+    options = {}
+    for item in set_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set-option {item}: expected key=value, e.g. binary_rule=nonzero")
+        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    report = inspect_dataset(data, format=format_, options=options, num_classes=classes, out_dir=out)
+    if report.fatal:
+        _fail(report.summary())
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Data sets: download public ones.")
 app.add_typer(data_app, name="data")
 
