@@ -24,6 +24,7 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     format: str = Field("tgs", description="a reader of unetlab.data.formats.registry.FORMATS")
     options: dict[str, Any] = Field(default_factory=dict, description="the reader's options, e.g. {foreground: 0}")
+    cache: bool = Field(True, description="decode files once into a memory-mapped cache beside the data")
     root: Optional[str] = None
     input_size: int = Field(128, ge=8, description="side of the square the model sees")
     sizing: Literal["pad", "resize"] = "pad"

@@ -190,7 +190,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
         raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp32")
 
     if dataset is None:
-        dataset = load_binary(cfg.data.format, cfg.data.root, cfg.data.options)  # type: ignore[arg-type]
+        dataset = load_binary(cfg.data.format, cfg.data.root, cfg.data.options, cfg.data.cache)  # type: ignore[arg-type]
     # Built before the run folder exists, so a bad option or a failed weight download leaves nothing behind.
     model = create_model(cfg.model.name, **cfg.model.options()).to(device)
     if cfg.train.freeze_encoder_epochs and not hasattr(model, "freeze_encoder"):

@@ -105,7 +105,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
         data_cfg = predictor.config.data
-        dataset = load_binary(data_cfg.format, data_root, data_cfg.options)
+        dataset = load_binary(data_cfg.format, data_root, data_cfg.options, data_cfg.cache)
     split, sets = _choose_indices(run_dir, dataset, split)
     indices = sets[split]
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)

@@ -54,8 +54,16 @@ def read_dataset(format: str, root: str | Path, **options) -> SegmentationSample
     return FORMATS[key](root, **options)
 
 
-def load_binary(format: str, root: str | Path, options: dict | None = None) -> BinaryDataset:
-    """What the binary trainer, evaluate and the demo read: equal-sized grey images and bool masks."""
-    if format.strip().lower() == "tgs" and not options:
-        return load_tgs(root)  # direct: keeps the array layout without a round trip through lists
-    return read_dataset(format, root, **(options or {})).to_binary_dataset()
+def load_binary(format: str, root: str | Path, options: dict | None = None, cache: bool = True) -> BinaryDataset:
+    """What the binary trainer, evaluate and the demo read: equal-sized grey images and bool masks.
+
+    With `cache`, files are decoded once into a memory-mapped cache (`unetlab.data.cache`) and later
+    runs only map it; without, they are decoded every time.
+    """
+    if not cache:
+        if format.strip().lower() == "tgs" and not options:
+            return load_tgs(root)
+        return read_dataset(format, root, **(options or {})).to_binary_dataset()
+    from unetlab.data.cache import cached_read_dataset
+
+    return cached_read_dataset(format, root, **(options or {})).to_binary_dataset()
