@@ -36,6 +36,20 @@ def _single_thread_torch():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Weights and decode caches of the whole session go to a temporary folder, never to ~/.cache."""
+    import os
+
+    previous = os.environ.get("UNETLAB_CACHE")
+    os.environ["UNETLAB_CACHE"] = str(tmp_path_factory.mktemp("unetlab-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("UNETLAB_CACHE", None)
+    else:
+        os.environ["UNETLAB_CACHE"] = previous
+
+
 @pytest.fixture(scope="session")
 def tgs_info() -> dict[str, int]:
     """How `tgs_dir` was made: {'n': 16, 'size': 101, 'seed': 0}."""

@@ -70,7 +70,7 @@ def write_folders(root: Path, specs: dict[str, tuple[np.ndarray, np.ndarray]]) -
 def test_hit_after_miss_is_identical_and_never_decodes(tgs, monkeypatch):
     first = cached_read_dataset("tgs", tgs)
     assert_same(first, registry.read_dataset("tgs", tgs))
-    assert len(entries(tgs / IN_ROOT_NAME)) == 1
+    assert len(entries(external_cache_dir(tgs))) == 1
     forbid_reading(monkeypatch)
     second = cached_read_dataset("tgs", tgs)
     assert_same(second, first)
@@ -92,7 +92,7 @@ def test_cached_arrays_are_read_only(tgs):
 @pytest.mark.parametrize("change", ["touch", "add", "remove", "rewrite"])
 def test_any_source_change_invalidates(tgs, change):
     cached_read_dataset("tgs", tgs)
-    old = entries(tgs / IN_ROOT_NAME)
+    old = entries(external_cache_dir(tgs))
     image = sorted((tgs / "train" / "images").iterdir())[0]
     if change == "touch":
         st = image.stat()
@@ -119,7 +119,7 @@ def test_any_source_change_invalidates(tgs, change):
     finally:
         registry.read_dataset = saved
     assert len(calls) == 1
-    new = entries(tgs / IN_ROOT_NAME)
+    new = entries(external_cache_dir(tgs))
     assert len(new) == 1 and new != old  # the stale folder is removed after the new write
     assert_same(samples, real("tgs", tgs))
 
@@ -139,7 +139,7 @@ def test_options_change_the_key_and_defaults_do_not(tmp_path, monkeypatch):
     rgb = cached_read_dataset("folders", root)
     grey = cached_read_dataset("folders", root, channels=1)
     assert rgb.images[0].ndim == 3 and grey.images[0].ndim == 2
-    assert len(entries(root / IN_ROOT_NAME)) == 2  # both kept: they are different reads
+    assert len(entries(external_cache_dir(root))) == 2  # both kept: they are different reads
     forbid_reading(monkeypatch)
     assert_same(cached_read_dataset("folders", root, channels=None, images="images"), rgb)  # defaults spelled out
     assert_same(cached_read_dataset("FOLDERS", root, channels=1), grey)
@@ -173,14 +173,14 @@ def test_int64_masks_round_trip(tmp_path, monkeypatch):
     hit = cached_read_dataset("folders", root, **options)
     assert_same(hit, direct)
     assert hit.masks[hit.ids.index("w")].dtype == np.int64 and hit.masks[hit.ids.index("s")].dtype == np.uint8
-    names = {p.name for p in entries(root / IN_ROOT_NAME)[0].iterdir()}
+    names = {p.name for p in entries(external_cache_dir(root))[0].iterdir()}
     assert {"images.uint8", "masks.uint8", "masks.int64", "index.json"} <= names
 
 
 @pytest.mark.parametrize("damage", ["truncate", "bad-json", "missing-file"])
 def test_corrupt_cache_is_rebuilt_with_a_warning(tgs, damage):
     first = cached_read_dataset("tgs", tgs)
-    (folder,) = entries(tgs / IN_ROOT_NAME)
+    (folder,) = entries(external_cache_dir(tgs))
     del first
     if damage == "truncate":
         path = folder / "images.uint8"
@@ -209,8 +209,8 @@ def test_crash_during_write_leaves_nothing_that_is_used(tgs, monkeypatch):
     monkeypatch.setattr(cache_mod._Blob, "append", crashing)
     with pytest.raises(KeyboardInterrupt):
         cached_read_dataset("tgs", tgs)
-    assert entries(tgs / IN_ROOT_NAME) == []
-    assert [p for p in (tgs / IN_ROOT_NAME).iterdir() if p.is_dir()] == []  # the temporary folder went too
+    assert entries(external_cache_dir(tgs)) == []
+    assert [p for p in external_cache_dir(tgs).iterdir() if p.is_dir()] == []  # the temporary folder went too
     monkeypatch.setattr(cache_mod._Blob, "append", real_append)
     assert_same(cached_read_dataset("tgs", tgs), registry.read_dataset("tgs", tgs))
 
@@ -224,7 +224,7 @@ def test_killed_writer_leftover_is_never_trusted(tgs, monkeypatch):
     with pytest.raises(SystemExit):
         cached_read_dataset("tgs", tgs)
     monkeypatch.undo()
-    leftovers = [p for p in (tgs / IN_ROOT_NAME).iterdir() if p.is_dir()]
+    leftovers = [p for p in external_cache_dir(tgs).iterdir() if p.is_dir()]
     assert leftovers and all(p.name.startswith(".tmp-") for p in leftovers)
     calls = []
     real = registry.read_dataset
@@ -251,29 +251,29 @@ def test_losing_a_rename_race_uses_the_winners_cache(tgs, monkeypatch):
     monkeypatch.undo()
     assert state["raced"]
     assert_same(samples, registry.read_dataset("tgs", tgs))
-    assert len(entries(tgs / IN_ROOT_NAME)) == 1
-    assert not [p for p in (tgs / IN_ROOT_NAME).iterdir() if p.name.startswith(".tmp-")]
+    assert len(entries(external_cache_dir(tgs))) == 1
+    assert not [p for p in external_cache_dir(tgs).iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_explicit_cache_dir_and_clear_cache(tgs, tmp_path, monkeypatch):
     cache_dir = tmp_path / "elsewhere"
     first = cached_read_dataset("tgs", tgs, cache_dir=cache_dir)
-    assert not (tgs / IN_ROOT_NAME).exists() and len(entries(cache_dir)) == 1
+    assert not external_cache_dir(tgs).exists() and len(entries(cache_dir)) == 1
+    assert not (tgs / IN_ROOT_NAME).exists()
     (cache_dir / "not-ours").mkdir()
     assert clear_cache(cache_dir) == 1
     assert entries(cache_dir) == [cache_dir / "not-ours"]  # only what unetlab made is removed
     cached_read_dataset("tgs", tgs)
-    assert clear_cache(tgs) == 1 and not (tgs / IN_ROOT_NAME).exists()
+    assert clear_cache(tgs) == 1 and not external_cache_dir(tgs).exists()
     assert_same(cached_read_dataset("tgs", tgs, cache_dir=cache_dir), first)
 
 
-def test_read_only_root_uses_the_external_cache(tgs, tmp_path, monkeypatch):
+def test_the_cache_never_goes_into_the_data_folder(tgs, tmp_path, monkeypatch):
     monkeypatch.setenv("UNETLAB_CACHE", str(tmp_path / "user-cache"))
-    real_access = os.access
-    monkeypatch.setattr(cache_mod.os, "access",
-                        lambda p, mode: False if Path(p) == tgs else real_access(p, mode))
+    before = sorted(p.relative_to(tgs) for p in tgs.rglob("*"))
     cached_read_dataset("tgs", tgs)
     external = external_cache_dir(tgs)
     assert external.parent == tmp_path / "user-cache" / "data" and len(entries(external)) == 1
     assert not (tgs / IN_ROOT_NAME).exists()
+    assert sorted(p.relative_to(tgs) for p in tgs.rglob("*")) == before
     assert clear_cache(tgs) == 1 and entries(external) == []

@@ -6,8 +6,9 @@ The first call reads `root` with `registry.read_dataset` and writes a cache; eve
 the same format, options and unchanged source files returns SegmentationSamples whose images and
 masks are read-only numpy views into memory maps (zero-copy, nothing decoded).
 
-Where the cache lives (`cache_dir`): given, else `<root>/.unetlab-cache` when root is writable,
-else `$UNETLAB_CACHE/data/<hash of abs root>` or `~/.cache/unetlab/data/<hash of abs root>`.
+Where the cache lives (`cache_dir`): given, else `$UNETLAB_CACHE/data/<hash of abs root>` or
+`~/.cache/unetlab/data/<hash of abs root>`; never inside the user's data folder by default (an
+existing `<root>/.unetlab-cache` is still skipped by the fingerprint and cleared by clear_cache).
 Inside it, one subfolder per cached read, named `<format>-<slot>-<fingerprint>`:
 
 * `slot` hashes the format name, the reader's options (defaults filled, so `split="train"` and
@@ -85,13 +86,11 @@ def external_cache_dir(root: str | Path) -> Path:
 
 
 def default_cache_dir(root: str | Path) -> Path:
-    """`<root>/.unetlab-cache` if it exists or root is writable, else `external_cache_dir(root)`."""
-    root = _abs(root)
-    inside = root / IN_ROOT_NAME
-    if inside.is_dir() and os.access(inside, os.W_OK | os.X_OK):
-        return inside
-    if root.is_dir() and os.access(root, os.W_OK | os.X_OK):
-        return inside
+    """`$UNETLAB_CACHE/data/<hash of root>` (or `~/.cache/unetlab/data/<hash>`), never inside the data.
+
+    A user's data folder is theirs: it may be read-only, shared or under version control, so the
+    cache lives beside other caches unless `cache_dir` says otherwise.
+    """
     return external_cache_dir(root)
 
 
