@@ -116,7 +116,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     scores = metrics.compute()
     sweep = scores_over_thresholds(prob_t, truth_t, SWEEP)
     best_at = int(torch.argmax(sweep["tgs_map"]))
-    epoch = int(torch.load(checkpoint, map_location="cpu", weights_only=True)["epoch"])
+    epoch = predictor.epoch
 
     figures = run_dir / "figures"
     # One result file per setting: non-default TTA or threshold get their own, so none overwrites another.

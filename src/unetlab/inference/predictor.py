@@ -64,8 +64,9 @@ class Predictor:
     """A model with its sizing, normalisation and threshold, as stored in a checkpoint."""
 
     def __init__(self, model: nn.Module, config: Config, mean: Sequence[float], std: Sequence[float],
-                 threshold: float, device: torch.device):
+                 threshold: float, device: torch.device, epoch: int | None = None):
         self.model = model.to(device).eval()
+        self.epoch = epoch
         self.config, self.mean, self.std = config, list(mean), list(std)
         self.threshold, self.device = threshold, device
         self.sizing = Sizing(config.data.sizing, config.data.input_size)
@@ -86,7 +87,7 @@ class Predictor:
         model = create_model(config.model.name, **options)
         model.load_state_dict(payload["model_state"])
         return cls(model, config, payload["mean"], payload["std"], float(payload["threshold"]),
-                   resolve_device(device))
+                   resolve_device(device), epoch=payload.get("epoch"))
 
     def _batches(self, images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
         # Batch images of equal size together, so mixed-size folders still run batched.
