@@ -30,8 +30,19 @@ class DataConfig(_Section):
     sizing: Literal["pad", "resize"] = "pad"
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     coverage_bins: int = Field(10, ge=1, description="salt-coverage classes for the stratified split")
-    split_file: Optional[str] = Field(None, description="reuse the split.json of an earlier run")
+    split_file: Optional[str] = Field(None, description="reuse an earlier run's split.json (or folds.json with folds)")
+    folds: int = Field(0, ge=0, description="k of a stratified k-fold; 0 = one train/validation split")
+    fold: int = Field(0, ge=0, description="which fold validates when folds >= 2")
 
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "DataConfig":
+        if self.folds == 1:
+            raise ConfigError("bad value for 'data.folds': 0 (one split) or at least 2")
+        if self.folds and self.fold >= self.folds:
+            raise ConfigError(f"bad value for 'data.fold': fold {self.fold} does not exist with "
+                              f"data.folds={self.folds}; use 0..{self.folds - 1}")
+        return self
 
     @model_validator(mode="after")
     def _known_format(self) -> "DataConfig":

@@ -139,3 +139,22 @@ def test_trains_on_another_format_isbi_with_its_options(tmp_path):
         tiny_config("data.format=isbi", "data.options={fg: 0}")
     with pytest.raises(ConfigError, match="data.format"):
         tiny_config("data.format=coco")
+
+
+def test_kfold_runs_share_one_partition(tgs_dir, tmp_path, tgs_info):
+    first = train(tiny_config("train.epochs=1", "data.folds=4", "data.fold=0"), tgs_dir, run_dir=tmp_path / "f0",
+                  progress=False, log=lambda _: None)
+    folds = json.loads((first.run_dir / "folds.json").read_text())
+    assert folds["k"] == 4 and sorted(i for f in folds["folds"] for i in f["val"]) == sorted(
+        json.loads((first.run_dir / "split.json").read_text())["train"]
+        + json.loads((first.run_dir / "split.json").read_text())["val"])
+    second = train(tiny_config("train.epochs=1", "data.folds=4", "data.fold=2",
+                               f"data.split_file={first.run_dir / 'folds.json'}"), tgs_dir, run_dir=tmp_path / "f2",
+                   progress=False, log=lambda _: None)
+    split = json.loads((second.run_dir / "split.json").read_text())
+    assert split["val"] == folds["folds"][2]["val"] and split["fold"] == 2
+    assert len(split["val"]) in (tgs_info["n"] // 4, tgs_info["n"] // 4 + 1)
+    with pytest.raises(ConfigError, match="'data.fold'"):
+        tiny_config("data.folds=4", "data.fold=4")
+    with pytest.raises(ConfigError, match="'data.folds'"):
+        tiny_config("data.folds=1")

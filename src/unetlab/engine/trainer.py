@@ -27,7 +27,9 @@ from unetlab.data.formats.registry import load_binary
 from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.sizing import Sizing
-from unetlab.data.splits import coverage_classes, load_split, save_split, stratified_split
+from unetlab.data.splits import (
+    coverage_classes, kfold_splits, load_kfold, load_split, save_kfold, save_split, stratified_split,
+)
 from unetlab.data.tensors import channel_stats, images_to_tensor, masks_to_tensor, normalize
 from unetlab.engine.checkpoint import save_checkpoint
 from unetlab.engine.schedule import build_scheduler
@@ -155,14 +157,29 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Loss
 
 
 def _split(cfg: Config, dataset: BinaryDataset, run_dir: Path) -> tuple[np.ndarray, np.ndarray]:
-    if cfg.data.split_file:
-        train_idx, val_idx = load_split(cfg.data.split_file, dataset.ids)
+    """The run's train/validation indices: a saved split, fold `data.fold` of a k-fold, or a fresh split.
+
+    Strata are salt-coverage classes; k-fold runs also write folds.json so the other folds' runs can
+    reuse exactly the same partition (`data.split_file` pointing at a folds.json picks `data.fold`).
+    """
+    data = cfg.data
+    meta: dict[str, object] = {"seed": cfg.seed, "stratified_by": "salt coverage", "coverage_bins": data.coverage_bins}
+    strata = coverage_classes(dataset.coverage, data.coverage_bins)
+    if data.split_file and data.folds:
+        train_idx, val_idx = load_kfold(data.split_file, dataset.ids)[data.fold]
+        meta.update(fold=data.fold, folds=data.folds, from_file=data.split_file)
+    elif data.split_file:
+        train_idx, val_idx = load_split(data.split_file, dataset.ids)
+        meta.update(from_file=data.split_file)
+    elif data.folds:
+        folds = kfold_splits(strata, data.folds, cfg.seed)
+        save_kfold(run_dir / "folds.json", dataset.ids, folds, **meta)
+        train_idx, val_idx = folds[data.fold]
+        meta.update(fold=data.fold, folds=data.folds)
     else:
-        strata = coverage_classes(dataset.coverage, cfg.data.coverage_bins)
-        train_idx, val_idx = stratified_split(strata, cfg.data.val_fraction, cfg.seed)
-    save_split(run_dir / "split.json", dataset.ids, train_idx, val_idx, seed=cfg.seed,
-               val_fraction=cfg.data.val_fraction, stratified_by="salt coverage",
-               coverage_bins=cfg.data.coverage_bins)
+        train_idx, val_idx = stratified_split(strata, data.val_fraction, cfg.seed)
+        meta.update(val_fraction=data.val_fraction)
+    save_split(run_dir / "split.json", dataset.ids, train_idx, val_idx, **meta)
     return train_idx, val_idx
 
 
