@@ -259,3 +259,35 @@ def test_gradients_finite(name, case):
 def test_losses_are_non_negative_and_target_shaped(name):
     logits, target = random_case(seed=14)
     assert build_loss(LossConfig(name=name, lovasz_start=0.0))(logits, target, 1.0).item() >= 0.0
+
+
+# ---- ignored pixels
+
+
+@pytest.mark.parametrize("name", ["bce", "dice", "bce_dice", "lovasz", "bce_lovasz"])
+def test_ignored_pixels_change_neither_loss_nor_gradient(name):
+    from unetlab.config import LossConfig
+    from unetlab.losses import build_loss
+
+    loss_fn = build_loss(LossConfig(name=name, lovasz_start=0.0))
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 1, 8, 8, generator=generator, requires_grad=True)
+    target = (torch.rand(2, 1, 8, 8, generator=generator) > 0.5).float()
+    valid = torch.rand(2, 1, 8, 8, generator=generator) > 0.25
+    flipped = torch.where(valid, target, 1.0 - target)  # different truth only where ignored
+    first = loss_fn(logits, target, 1.0, valid)
+    (grad,) = torch.autograd.grad(first, logits)
+    second = loss_fn(logits, flipped, 1.0, valid)
+    assert torch.isfinite(first) and first.item() == pytest.approx(second.item(), abs=1e-6)
+    assert torch.all(grad[~valid] == 0)
+    everything = torch.ones_like(valid)
+    assert loss_fn(logits, target, 1.0, everything).item() == pytest.approx(loss_fn(logits, target, 1.0).item(), rel=1e-5)
+
+
+def test_bce_averages_over_valid_pixels_only():
+    from unetlab.losses import bce_loss
+
+    logits = torch.tensor([[[[0.0, 5.0]]]])
+    target = torch.tensor([[[[1.0, 0.0]]]])
+    valid = torch.tensor([[[[True, False]]]])
+    assert bce_loss(logits, target, valid).item() == pytest.approx(math.log(2.0))

@@ -444,3 +444,36 @@ def test_scores_over_thresholds_rejects_bad_input():
         scores_over_thresholds(probs, true, [])
     with pytest.raises(ValueError):
         scores_over_thresholds(probs, true[:, :, :5], [0.5])
+
+
+# ---- ignored pixels (valid masks)
+
+
+def test_ignored_pixels_are_in_no_count_matches_sklearn_on_the_valid_pixels():
+    from sklearn.metrics import accuracy_score, jaccard_score, precision_score, recall_score
+
+    generator = torch.Generator().manual_seed(7)
+    pred = torch.rand(5, 12, 9, generator=generator) > 0.5
+    target = torch.rand(5, 12, 9, generator=generator) > 0.6
+    valid = torch.rand(5, 12, 9, generator=generator) > 0.3
+    metrics = BinarySegmentationMetrics()
+    metrics.update(pred, target, valid=valid)
+    scores = metrics.compute()
+    y_true, y_pred = target[valid].numpy(), pred[valid].numpy()
+    assert scores["pixel_accuracy"] == pytest.approx(accuracy_score(y_true, y_pred))
+    assert scores["precision"] == pytest.approx(precision_score(y_true, y_pred))
+    assert scores["recall"] == pytest.approx(recall_score(y_true, y_pred))
+    assert scores["iou"] == pytest.approx(jaccard_score(y_true, y_pred))
+    counts = binary_counts(pred, target, valid)
+    assert torch.equal(counts.sum(dim=1), valid.sum(dim=(1, 2)))
+
+
+def test_all_valid_equals_no_valid_mask_and_shape_mismatch_refused():
+    pred = torch.tensor([[[1, 0], [1, 1]]], dtype=torch.bool)
+    target = torch.tensor([[[1, 1], [0, 1]]], dtype=torch.bool)
+    assert torch.equal(binary_counts(pred, target, torch.ones_like(pred)), binary_counts(pred, target))
+    # hand case: ignore the two disagreeing pixels -> tp 2, fp 0, fn 0, tn 0
+    valid = torch.tensor([[[1, 0], [0, 1]]], dtype=torch.bool)
+    assert binary_counts(pred, target, valid).tolist() == [[2, 0, 0, 0]]
+    with pytest.raises(ValueError, match="valid"):
+        binary_counts(pred, target, torch.ones(1, 3, 3, dtype=torch.bool))

@@ -14,13 +14,21 @@ import torch.nn.functional as F
 from unetlab.config import LossConfig
 
 
-def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, target)
+def bce_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy, averaged over the valid pixels (all pixels when `valid` is None)."""
+    if valid is None:
+        return F.binary_cross_entropy_with_logits(logits, target)
+    weight = valid.to(logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum")
+    return per_pixel / weight.sum().clamp_min(1.0)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,
+                   eps: float = 1.0) -> torch.Tensor:
     """1 - soft Dice over the whole batch; `eps` keeps all-empty batches finite (loss 0 when prediction is empty)."""
     probs = torch.sigmoid(logits)
+    if valid is not None:
+        probs, target = probs * valid, target * valid
     intersection = (probs * target).sum()
     return 1.0 - (2.0 * intersection + eps) / (probs.sum() + target.sum() + eps)
 
@@ -36,7 +44,7 @@ def _lovasz_grad(sorted_truth: torch.Tensor) -> torch.Tensor:
     return jaccard
 
 
-def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Lovász hinge, computed per image and averaged: a convex surrogate of 1 - IoU.
 
     An image with empty truth still has a non-zero loss for positive logits (the errors are
@@ -46,8 +54,14 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """
     logits = logits.float().flatten(1)
     target = target.float().flatten(1)
+    keep = None if valid is None else valid.flatten(1).bool()
     losses = []
-    for image_logits, image_target in zip(logits, target):
+    for index, (image_logits, image_target) in enumerate(zip(logits, target)):
+        if keep is not None:  # ignored pixels take no part in the ranking
+            image_logits, image_target = image_logits[keep[index]], image_target[keep[index]]
+            if image_logits.numel() == 0:
+                losses.append(logits.new_zeros(()) + 0.0 * logits[index].sum())
+                continue
         signs = 2.0 * image_target - 1.0
         errors = 1.0 - image_logits * signs
         errors_sorted, order = torch.sort(errors, descending=True)
@@ -56,13 +70,13 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return torch.stack(losses).mean()
 
 
-LossFn = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+LossFn = Callable[..., torch.Tensor]
 
 
 def build_loss(cfg: LossConfig) -> LossFn:
     """Terms are (weight, function, start); a term joins once training progress (0..1) reaches start."""
     lovasz_start = cfg.lovasz_start
-    terms: dict[str, list[tuple[float, Callable[[torch.Tensor, torch.Tensor], torch.Tensor], float]]] = {
+    terms: dict[str, list[tuple[float, Callable[..., torch.Tensor], float]]] = {
         "bce": [(1.0, bce_loss, 0)],
         "dice": [(1.0, soft_dice_loss, 0)],
         "bce_dice": [(1.0, bce_loss, 0), (1.0, soft_dice_loss, 0)],
@@ -71,12 +85,14 @@ def build_loss(cfg: LossConfig) -> LossFn:
     }
     chosen = terms[cfg.name]
 
-    def loss(logits: torch.Tensor, target: torch.Tensor, progress: float = 0.0) -> torch.Tensor:
+    def loss(logits: torch.Tensor, target: torch.Tensor, progress: float = 0.0,
+             valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid` (optional, like target): pixels outside it (ignore_index) add nothing to any term."""
         logits = logits.float()
         total = logits.new_zeros(())
         for weight, fn, start in chosen:
             if progress >= start:
-                total = total + weight * fn(logits, target)
+                total = total + weight * fn(logits, target, valid)
         return total
 
     return loss

@@ -127,12 +127,14 @@ def _check_counts(counts: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------- functions
 
 
-def binary_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def binary_counts(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Per-image confusion counts.
 
     ``pred``, ``target``: masks of shape (N, H, W) or (N, 1, H, W) -- bool, integer (non-zero is
     salt) or float (``> 0.5`` is salt; threshold probabilities yourself, or use
-    :class:`BinarySegmentationMetrics`). Returns int64 (N, 4): ``[tp, fp, fn, tn]`` per image,
+    :class:`BinarySegmentationMetrics`). ``valid`` (same shape, optional): only these pixels are
+    counted -- ignored pixels (e.g. the Oxford Pet trimap border) are in no count at all, so they
+    change neither IoU nor pixel accuracy. Returns int64 (N, 4): ``[tp, fp, fn, tn]`` per image,
     on ``pred``'s device. Sync-free (no ``.item()``); ``target`` is moved to ``pred``'s device.
     """
     p = _squeeze_masks(pred, "pred")
@@ -143,12 +145,21 @@ def binary_counts(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         )
     p = _target_to_bool(p)  # 0/1 masks: same rule as targets
     t = _target_to_bool(t).to(p.device)
+    if valid is None:
+        n_pixels = torch.full((p.shape[0],), p.shape[1] * p.shape[2], dtype=torch.int64, device=p.device)
+    else:
+        v = _squeeze_masks(valid, "valid")
+        if v.shape != p.shape:
+            raise ValueError(f"valid and pred shapes differ: {tuple(valid.shape)} vs {tuple(pred.shape)}")
+        v = _target_to_bool(v).to(p.device)
+        p, t = p & v, t & v
+        n_pixels = v.sum(dim=(1, 2), dtype=torch.int64)
     tp = (p & t).sum(dim=(1, 2), dtype=torch.int64)
     n_pred = p.sum(dim=(1, 2), dtype=torch.int64)
     n_true = t.sum(dim=(1, 2), dtype=torch.int64)
     fp = n_pred - tp
     fn = n_true - tp
-    tn = p.shape[1] * p.shape[2] - tp - fp - fn
+    tn = n_pixels - tp - fp - fn
     return torch.stack([tp, fp, fn, tn], dim=1)
 
 
@@ -239,14 +250,16 @@ class BinarySegmentationMetrics:
         probs_or_pred: torch.Tensor,
         target: torch.Tensor,
         threshold: float | None = None,
+        valid: torch.Tensor | None = None,
     ) -> None:
         """Add a batch. Float input = probabilities, salt where ``probs > threshold`` (strict;
         ``threshold`` defaults to the constructor's); bool/integer input = predicted mask
-        (threshold unused). Shapes (N, H, W) or (N, 1, H, W)."""
+        (threshold unused). Shapes (N, H, W) or (N, 1, H, W). ``valid``: only these pixels count
+        (see :func:`binary_counts`)."""
         thr = self.threshold if threshold is None else threshold
         pred = _squeeze_masks(probs_or_pred, "probs_or_pred")
         pred = _pred_to_bool(pred, thr)
-        self._append(binary_counts(pred, target))
+        self._append(binary_counts(pred, target, valid))
 
     def _append(self, counts: torch.Tensor) -> None:
         if self._device is None:
