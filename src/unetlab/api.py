@@ -12,7 +12,7 @@ from typing import Callable
 
 from unetlab.bench import bench_train
 from unetlab.config import Config, load_config
-from unetlab.data.formats.registry import load_binary
+from unetlab.data.formats.registry import load_for_config
 from unetlab.demo import demo
 from unetlab.engine.trainer import TrainResult
 from unetlab.engine.trainer import train as _train
@@ -28,7 +28,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     """Train, then score the best checkpoint on the validation split (report.md + figures)."""
     root = data_root if data_root is not None else config.data.root
     # Decoded once for training and evaluation.
-    dataset = load_binary(config.data.format, root, config.data.options, config.data.cache) if root is not None else None
+    dataset = load_for_config(config, root) if root is not None else None
     result = _train(config, data_root=root, run_dir=run_dir, runs_base=runs_base, progress=progress, log=log,
                     dataset=dataset)
     if evaluate_after and dataset is not None:

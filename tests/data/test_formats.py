@@ -393,8 +393,13 @@ def test_to_binary_dataset_equal_sizes_and_refusals(tmp_path):
         multi.to_binary_dataset()
     ignored = samples_of([(4, 5)] * 2, values=(0, 255))
     ignored.ignore_index = 255
-    with pytest.raises(DataError, match=r"r/masks/s1\.png.*ignored pixels \(255\)"):
-        ignored.to_binary_dataset()
+    kept = ignored.to_binary_dataset()  # ignored pixels become valid == False, not foreground
+    assert kept.valid is not None and not kept.valid[1].any() and kept.valid[0].all()
+    assert not kept.masks.any()
+    resized = samples_of([(4, 5), (6, 7)]).to_binary_dataset(size=8)
+    assert resized.images.shape == (2, 8, 8) and resized.masks[1].all()
+    rgb = samples_of([(4, 5)]).to_binary_dataset(channels=3)
+    assert rgb.images.shape == (1, 4, 5, 3) and rgb.channels == 3
     make_pet(tmp_path)
     with pytest.raises(DataError, match="Abyssinian_34.jpg.*sizes differ"):
         read_oxford_pet(tmp_path, border="pet").to_binary_dataset()

@@ -158,3 +158,48 @@ def test_kfold_runs_share_one_partition(tgs_dir, tmp_path, tgs_info):
         tiny_config("data.folds=4", "data.fold=4")
     with pytest.raises(ConfigError, match="'data.folds'"):
         tiny_config("data.folds=1")
+
+
+def _pets_fixture(root, n=10):
+    """Oxford-IIIT Pet layout: RGB JPEGs of different sizes, trimaps 1 pet / 2 background / 3 border."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "annotations" / "trimaps").mkdir(parents=True)
+    lines = []
+    for i in range(n):
+        height, width = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+        yy, xx = np.mgrid[:height, :width]
+        inside = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (min(height, width) / 3) ** 2
+        border = ((yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (min(height, width) / 3 + 2) ** 2) & ~inside
+        trimap = np.where(inside, 1, np.where(border, 3, 2)).astype(np.uint8)
+        image = rng.integers(0, 80, (height, width, 3)).astype(np.uint8)
+        image[inside] = [200, 120, 40]
+        Image.fromarray(image).save(root / "images" / f"Cat_{i}.jpg")
+        Image.fromarray(trimap).save(root / "annotations" / "trimaps" / f"Cat_{i}.png")
+        lines.append(f"Cat_{i} 1 1 1")
+    (root / "annotations" / "trainval.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_mixed_size_rgb_data_with_an_ignored_border_trains_evaluates_and_predicts(tmp_path):
+    from unetlab.api import evaluate, predict
+    from unetlab.api import train as api_train
+
+    pets = _pets_fixture(tmp_path / "pets")
+    cfg = tiny_config("data.format=oxford-pet", "data.options={border: ignore}", "data.sizing=resize",
+                      "data.input_size=48", "model.in_channels=3", "train.epochs=2", "loss.name=bce_dice")
+    result = api_train(cfg, data_root=pets, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    assert all(np.isfinite(row["val/loss"]) for row in result.history)
+    scores = evaluate(result.run_dir, pets, split="all", log=lambda _: None)["metrics"]
+    assert 0.0 <= scores["iou"] <= 1.0
+    written = predict(result.run_dir, [pets / "images"], tmp_path / "pred", log=lambda _: None)
+    from PIL import Image
+
+    assert Image.open(written[0]).size == Image.open(pets / "images" / "Cat_0.jpg").size
+    from unetlab.errors import DataError
+
+    with pytest.raises(DataError, match="data.sizing=resize"):
+        api_train(tiny_config("data.format=oxford-pet", "model.in_channels=3"), data_root=pets,
+                  run_dir=tmp_path / "run2", progress=False, log=lambda _: None)

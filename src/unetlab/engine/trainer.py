@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from unetlab.config import Config
 from unetlab.data.augment import BatchAugment
-from unetlab.data.formats.registry import load_binary
+from unetlab.data.formats.registry import load_for_config
 from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.sizing import Sizing
@@ -145,11 +145,12 @@ class Progress:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, images: torch.Tensor,
-               masks: torch.Tensor, precision: str, progress: float = 0.0) -> torch.Tensor:
+               masks: torch.Tensor, precision: str, progress: float = 0.0,
+               valid: torch.Tensor | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss without synchronising with the device."""
     with autocast(images.device, precision):
         logits = model(images)
-    loss = loss_fn(logits, masks, progress)
+    loss = loss_fn(logits, masks, progress, valid)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -207,8 +208,11 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
         raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp32")
 
     if dataset is None:
-        dataset = load_binary(cfg.data.format, cfg.data.root, cfg.data.options, cfg.data.cache)  # type: ignore[arg-type]
+        dataset = load_for_config(cfg, cfg.data.root)  # type: ignore[arg-type]
     # Built before the run folder exists, so a bad option or a failed weight download leaves nothing behind.
+    if dataset.channels != cfg.model.in_channels:
+        raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the images have {dataset.channels} "
+                          f"channel(s); use --set model.in_channels={dataset.channels}")
     model = create_model(cfg.model.name, **cfg.model.options()).to(device)
     if cfg.train.freeze_encoder_epochs and not hasattr(model, "freeze_encoder"):
         raise ConfigError(f"train.freeze_encoder_epochs: model {cfg.model.name!r} has no separate encoder to freeze")
@@ -233,6 +237,12 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     val_y = sizing.masks(masks_to_tensor(dataset.masks[val_idx], device))
     val_truth = torch.from_numpy(dataset.masks[val_idx]).to(device)
     height, width = dataset.images.shape[1:3]
+    # Pixels under an ignore label: a second mask channel that follows every geometric transform.
+    has_ignore = dataset.valid is not None
+    if has_ignore:
+        train_valid = sizing.masks(masks_to_tensor(dataset.valid[train_idx], device)).to(torch.uint8)
+        val_valid = sizing.masks(masks_to_tensor(dataset.valid[val_idx], device))
+        val_truth_valid = torch.from_numpy(dataset.valid[val_idx]).to(device)
 
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -291,9 +301,13 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
             progress_now = progress_share()
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size : (step + 1) * batch_size]
-                images, masks = augment(train_x[batch], train_y[batch].float(), generator)
+                targets = train_y[batch].float()
+                if has_ignore:
+                    targets = torch.cat([targets, train_valid[batch].float()], dim=1)
+                images, targets = augment(train_x[batch], targets, generator)
+                masks, valid = (targets[:, :1], targets[:, 1:] > 0.5) if has_ignore else (targets, None)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
-                loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now)
+                loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now, valid)
                 if scheduler.per_step:
                     scheduler.step(progress_share())
                 loss_sum += loss
@@ -311,9 +325,12 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                     x = val_x[start : start + 64]
                     with autocast(device, cfg.train.precision):
                         logits = model(x.contiguous(memory_format=memory_format))
-                    val_loss += loss_fn(logits, val_y[start : start + 64], progress_now) * len(x)
+                    chunk = slice(start, start + 64)
+                    val_loss += loss_fn(logits, val_y[chunk], progress_now,
+                                        val_valid[chunk] if has_ignore else None) * len(x)
                     probs = sizing.restore(torch.sigmoid(logits.float()), height, width)
-                    metrics.update(probs, val_truth[start : start + 64], threshold=cfg.eval.threshold)
+                    metrics.update(probs, val_truth[chunk], threshold=cfg.eval.threshold,
+                                   valid=val_truth_valid[chunk] if has_ignore else None)
             row: dict[str, float] = {
                 "epoch": epoch + 1, "step": global_step,
                 "lr": optimizer.param_groups[0]["lr"],

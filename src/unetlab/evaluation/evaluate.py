@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from unetlab.data.formats.registry import load_binary
+from unetlab.data.formats.registry import load_for_config
 from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
@@ -70,6 +70,20 @@ def _figure_indices(indices: np.ndarray, dataset: BinaryDataset, count: int, see
     return np.sort(chosen)
 
 
+def _sweep(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Metrics at every threshold of SWEEP; with ignored pixels, one accumulator per threshold."""
+    if valid is None:
+        return scores_over_thresholds(probs, truth, SWEEP)
+    rows = []
+    for threshold in SWEEP:
+        metrics = BinarySegmentationMetrics(threshold)
+        metrics.update(probs, truth, valid=valid)
+        rows.append(metrics.compute())
+    sweep = {key: torch.tensor([row[key] for row in rows], dtype=torch.float64)
+             for key in ("precision", "recall", "iou", "dice", "tgs_map")}
+    return {"threshold": torch.tensor(SWEEP, dtype=torch.float64), **sweep}
+
+
 def write_report(run_dir: Path) -> Path:
     rows = []
     for path in sorted((run_dir / "evaluation").glob("*.json")):
@@ -104,17 +118,17 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
-        data_cfg = predictor.config.data
-        dataset = load_binary(data_cfg.format, data_root, data_cfg.options, data_cfg.cache)
+        dataset = load_for_config(predictor.config, data_root)
     split, sets = _choose_indices(run_dir, dataset, split)
     indices = sets[split]
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)
     prob_t = torch.from_numpy(np.stack(probs))
     truth_t = torch.from_numpy(dataset.masks[indices])
+    valid_t = None if dataset.valid is None else torch.from_numpy(dataset.valid[indices])
     metrics = BinarySegmentationMetrics(threshold)
-    metrics.update(prob_t, truth_t)
+    metrics.update(prob_t, truth_t, valid=valid_t)
     scores = metrics.compute()
-    sweep = scores_over_thresholds(prob_t, truth_t, SWEEP)
+    sweep = _sweep(prob_t, truth_t, valid_t)
     best_at = int(torch.argmax(sweep["tgs_map"]))
     epoch = predictor.epoch
 

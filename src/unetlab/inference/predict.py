@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 
 
 from unetlab.data.formats.tgs import IMAGE_SUFFIXES
-from unetlab.data.io import atomic_write_text, read_grey, save_png
+from unetlab.data.io import atomic_write_text, read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
 from unetlab.inference.predictor import Predictor
@@ -48,13 +48,14 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
     if not 0.0 < threshold < 1.0:
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     files = collect_images(inputs)
+    channels = predictor.config.model.in_channels
     out_dir = Path(out_dir)
     written: list[Path] = []
     rle_rows: list[tuple[str, str]] = []
     chunk = max(batch_size * 8, 1)  # bounded memory for large folders
     for start in range(0, len(files), chunk):
         batch = files[start : start + chunk]
-        images = [read_grey(p) for p in batch]
+        images = [read_image(p, channels=channels) for p in batch]
         probs = predictor.predict_proba(images, batch_size=batch_size, tta=tta)
         for path, image, prob in zip(batch, images, probs):
             mask = prob > threshold

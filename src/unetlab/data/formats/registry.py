@@ -54,16 +54,27 @@ def read_dataset(format: str, root: str | Path, **options) -> SegmentationSample
     return FORMATS[key](root, **options)
 
 
-def load_binary(format: str, root: str | Path, options: dict | None = None, cache: bool = True) -> BinaryDataset:
-    """What the binary trainer, evaluate and the demo read: equal-sized grey images and bool masks.
+def load_binary(format: str, root: str | Path, options: dict | None = None, cache: bool = True,
+                size: int | None = None, channels: int = 1) -> BinaryDataset:
+    """What the binary trainer, evaluate and the demo read: bool masks, a `valid` map where the
+    format has an ignore label, images resized to `size` only when their sizes differ.
 
     With `cache`, files are decoded once into a memory-mapped cache (`unetlab.data.cache`) and later
     runs only map it; without, they are decoded every time.
     """
     if not cache:
-        if format.strip().lower() == "tgs" and not options:
+        if format.strip().lower() == "tgs" and not options and channels == 1:
             return load_tgs(root)
-        return read_dataset(format, root, **(options or {})).to_binary_dataset()
-    from unetlab.data.cache import cached_read_dataset
+        samples = read_dataset(format, root, **(options or {}))
+    else:
+        from unetlab.data.cache import cached_read_dataset
 
-    return cached_read_dataset(format, root, **(options or {})).to_binary_dataset()
+        samples = cached_read_dataset(format, root, **(options or {}))
+    return samples.to_binary_dataset(size=size, channels=channels)
+
+
+def load_for_config(config, root: str | Path) -> BinaryDataset:
+    """`load_binary` with a run config's data section and input channels (`unetlab.config.Config`)."""
+    data = config.data
+    size = data.input_size if data.sizing == "resize" else None
+    return load_binary(data.format, root, data.options, data.cache, size=size, channels=config.model.in_channels)

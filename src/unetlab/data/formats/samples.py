@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from unetlab.errors import DataError
 
@@ -91,11 +92,14 @@ class SegmentationSamples:
                                 f"({n} classes: {', '.join(self.class_names[:12])}){hint}")
         return self
 
-    def to_binary_dataset(self):
-        """A `BinaryDataset` (uint8 N x H x W images, bool masks = mask > 0) for the TGS-style pipeline.
+    def to_binary_dataset(self, size: int | None = None, channels: int = 1):
+        """A `BinaryDataset` (uint8 images, bool masks = mask > 0) for the binary pipeline.
 
-        Needs a binary task (2 classes), no ignored pixels, one image size and grey or RGB images
-        (RGB is reduced to luminance, exactly when the channels are equal).
+        Needs a binary task (2 classes). Pixels labelled `ignore_index` become `valid == False`
+        (they count in no loss and no metric). Images of different sizes are resized to
+        `size` x `size` (bilinear; masks nearest) when `size` is given, else refused.
+        `channels` 1 reduces RGB to luminance (exactly when the channels are equal); 3 keeps RGB
+        (grey is repeated).
         """
         from unetlab.data.formats.tgs import BinaryDataset
 
@@ -105,22 +109,45 @@ class SegmentationSamples:
                             f"{', '.join(self.class_names[:12])}); a BinaryDataset needs 2 classes")
         if not self.ids:
             raise DataError(f"{self.root}: no samples; a BinaryDataset needs at least one image")
+        if channels not in (1, 3):
+            raise DataError(f"{self.root}: {channels} input channels; the binary pipeline reads grey (1) or RGB (3)")
         sizes = self.sizes()
-        if len(set(sizes)) > 1:
+        resize = len(set(sizes)) > 1
+        if resize and size is None:
             other = next(k for k, s in enumerate(sizes) if s != sizes[0])
             raise DataError(f"{self._where(other, 'image')}: image sizes differ ({sizes[other][1]}x{sizes[other][0]} "
                             f"vs {sizes[0][1]}x{sizes[0][0]} of '{self.ids[0]}', {len(set(sizes))} sizes in all); "
-                            "a BinaryDataset needs one size: resize or crop the images first")
-        masks = []
-        for k, mask in enumerate(self.masks):
-            if self.ignore_index is not None and (mask == self.ignore_index).any():
-                raise DataError(f"{self._where(k)}: mask has ignored pixels ({self.ignore_index}); a BinaryDataset "
-                                "has no ignore label: map them to a class (e.g. border='pet' or 'background')")
-            masks.append(mask > 0)
-        images = [_grey(image, self._where(k, "image")) for k, image in enumerate(self.images)]
+                            "use --set data.sizing=resize to bring every image to data.input_size")
+        images, masks, valids = [], [], []
+        for k, (image, mask) in enumerate(zip(self.images, self.masks)):
+            image = _grey(image, self._where(k, "image")) if channels == 1 else _rgb(image, self._where(k, "image"))
+            valid = np.ones(mask.shape, bool) if self.ignore_index is None else mask != self.ignore_index
+            foreground = (mask > 0) & valid
+            if resize:
+                image = _resize(image, size, Image.BILINEAR)  # type: ignore[arg-type]
+                valid = _resize(valid.astype(np.uint8), size, Image.NEAREST) > 0  # type: ignore[arg-type]
+                foreground = _resize(foreground.astype(np.uint8), size, Image.NEAREST) > 0  # type: ignore[arg-type]
+            images.append(image)
+            masks.append(foreground)
+            valids.append(valid)
         depths = {i: float(self.meta[i]["depth"]) for i in self.ids if "depth" in self.meta.get(i, {})}
-        return BinaryDataset(ids=list(self.ids), images=np.stack(images), masks=np.stack(masks),
-                             depths=depths, root=self.root)
+        valid_all = np.stack(valids)
+        return BinaryDataset(ids=list(self.ids), images=np.stack(images), masks=np.stack(masks), depths=depths,
+                             root=self.root, valid=None if valid_all.all() else valid_all)
+
+
+def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(np.ascontiguousarray(array)).resize((size, size), resample))
+
+
+def _rgb(image: np.ndarray, where: str) -> np.ndarray:
+    if image.ndim == 2:
+        return np.repeat(image[..., None], 3, axis=-1)
+    if image.shape[-1] == 1:
+        return np.repeat(image, 3, axis=-1)
+    if image.shape[-1] in (3, 4):
+        return np.ascontiguousarray(image[..., :3])
+    raise DataError(f"{where}: {image.shape[-1]} channels; RGB input needs 1, 3 or 4 channels")
 
 
 def _grey(image: np.ndarray, where: str) -> np.ndarray:

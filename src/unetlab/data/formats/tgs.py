@@ -24,10 +24,15 @@ class BinaryDataset:
     """A decoded binary-segmentation data set held in memory (TGS is ~30 MB as uint8)."""
 
     ids: list[str]
-    images: np.ndarray  # uint8 (N, H, W)
+    images: np.ndarray  # uint8 (N, H, W) grey or (N, H, W, C)
     masks: np.ndarray  # bool (N, H, W)
     depths: dict[str, float] = field(default_factory=dict)
     root: Path | None = None
+    valid: np.ndarray | None = None  # bool (N, H, W): pixels that count; None = all (no ignore label)
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.images.ndim == 3 else int(self.images.shape[-1])
 
     def __len__(self) -> int:
         return len(self.ids)
