@@ -53,7 +53,7 @@ def _row(dataset: BinaryDataset, index: int, prob: np.ndarray, threshold: float,
     truth, pred = dataset.masks[index], prob > threshold
     union = np.logical_or(truth, pred).sum()
     iou = np.logical_and(truth, pred).sum() / union if union else 1.0
-    label = f"{group} {dataset.ids[index]}  salt {truth.mean():.0%}  IoU {iou:.2f}"
+    label = f"{group} {dataset.ids[index]}  foreground {truth.mean():.0%}  IoU {iou:.2f}"
     return {"image": dataset.images[index], "truth": truth, "prediction": pred, "probability": prob, "label": label}
 
 
