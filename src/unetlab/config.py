@@ -117,6 +117,8 @@ class ScheduleConfig(_Section):
 
 
 class AugmentConfig(_Section):
+    preset: Literal["builtin", "seismic", "photographic", "none"] = Field(
+        "builtin", description="builtin = the fields below; else a kornia preset (see unetlab augment-preview)")
     hflip: bool = True
     vflip: bool = False  # seismic depth has a direction
     shift: float = Field(0.0, ge=0.0, le=0.5, description="max translation as a share of the side")

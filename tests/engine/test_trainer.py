@@ -189,7 +189,8 @@ def test_mixed_size_rgb_data_with_an_ignored_border_trains_evaluates_and_predict
 
     pets = _pets_fixture(tmp_path / "pets")
     cfg = tiny_config("data.format=oxford-pet", "data.options={border: ignore}", "data.sizing=resize",
-                      "data.input_size=48", "model.in_channels=3", "train.epochs=2", "loss.name=bce_dice")
+                      "data.input_size=48", "model.in_channels=3", "train.epochs=2", "loss.name=bce_dice",
+                      "augment.preset=photographic")
     result = api_train(cfg, data_root=pets, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
     assert all(np.isfinite(row["val/loss"]) for row in result.history)
     scores = evaluate(result.run_dir, pets, split="all", log=lambda _: None)["metrics"]
@@ -203,3 +204,19 @@ def test_mixed_size_rgb_data_with_an_ignored_border_trains_evaluates_and_predict
     with pytest.raises(DataError, match="data.sizing=resize"):
         api_train(tiny_config("data.format=oxford-pet", "model.in_channels=3"), data_root=pets,
                   run_dir=tmp_path / "run2", progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("preset", ["builtin", "seismic", "photographic"])
+def test_every_augmentation_pipeline_keeps_ignored_pixels_apart(preset):
+    from unetlab.config import AugmentConfig
+    from unetlab.data.augment import build_batch_augment
+
+    augment = build_batch_augment(AugmentConfig(preset=preset, shift=0.1, scale=0.1))
+    images = torch.rand(4, 3, 32, 32) if preset == "photographic" else torch.rand(4, 1, 32, 32)
+    masks = (torch.rand(4, 1, 32, 32) > 0.5).float()
+    valid = torch.rand(4, 1, 32, 32) > 0.2
+    out_images, out_masks, out_valid = augment(images, masks, valid, torch.Generator().manual_seed(0))
+    assert out_images.shape == images.shape and out_masks.shape == masks.shape and out_valid.dtype == torch.bool
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
+    _, plain_masks, none = augment(images, masks, None, torch.Generator().manual_seed(0))
+    assert none is None and plain_masks.shape == masks.shape

@@ -1,7 +1,9 @@
 """Batched augmentation on the training device: tensors in, tensors out, no per-image Python.
 
-Seismic preset: horizontal flips, small shifts and zooms, brightness/contrast; no vertical flip
-by default because depth has a direction.
+`augment.preset` names the pipeline: `builtin` (this module's BatchAugment, driven by the
+augment.* fields: flips, shift/zoom, brightness/contrast; the measured TGS recipe uses it) or one
+of the kornia presets of `augment_kornia` (`seismic`, `photographic`, `none`).
+`build_batch_augment` hides the difference from the trainer, ignored pixels included.
 """
 
 from __future__ import annotations
@@ -52,3 +54,36 @@ class BatchAugment:
             offset = (uniform(n, 1, 1, 1) * 2 - 1) * cfg.brightness
             images = (images - mean) * gain + mean + offset
         return images, masks
+
+
+IGNORED = 2  # label of ignored pixels while a binary mask travels through a kornia preset
+
+
+def build_batch_augment(cfg: AugmentConfig):
+    """`augment(images, masks, valid, generator) -> (images, masks, valid)`; valid may be None."""
+    if cfg.preset == "builtin":
+        builtin = BatchAugment(cfg)
+
+        def run_builtin(images, masks, valid, generator):
+            if valid is None:
+                images, masks = builtin(images, masks, generator)
+                return images, masks, None
+            # The valid map rides along as a second mask channel through the same transforms.
+            images, both = builtin(images, torch.cat([masks, valid.float()], dim=1), generator)
+            return images, both[:, :1], both[:, 1:] > 0.5
+
+        return run_builtin
+    from unetlab.data.augment_kornia import PRESETS, build_augmentation
+
+    plain = build_augmentation(PRESETS[cfg.preset], ignore_index=None)
+    with_ignore = build_augmentation(PRESETS[cfg.preset], ignore_index=IGNORED)
+
+    def run_kornia(images, masks, valid, generator):
+        if valid is None:
+            images, masks = plain(images, masks, generator)
+            return images, masks, None
+        labels = torch.where(valid.bool(), masks, torch.full_like(masks, IGNORED)).long()
+        images, labels = with_ignore(images, labels, generator)  # pixels from outside become IGNORED too
+        return images, (labels == 1).float(), labels != IGNORED
+
+    return run_kornia

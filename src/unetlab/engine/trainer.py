@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.config import Config
-from unetlab.data.augment import BatchAugment
+from unetlab.data.augment import build_batch_augment
 from unetlab.data.formats.registry import load_for_config
 from unetlab.data.formats.tgs import BinaryDataset
 from unetlab.data.io import atomic_write_text
@@ -251,7 +251,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     steps_per_epoch = len(train_idx) // batch_size  # drop the last partial batch: batch norm needs > 1
     scheduler = build_scheduler(cfg, optimizer)
     loss_fn = build_loss(cfg.loss)
-    augment = BatchAugment(cfg.augment)
+    augment = build_batch_augment(cfg.augment)
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics = BinarySegmentationMetrics()
     logbook = MetricsLog(run_dir, cfg)
@@ -301,11 +301,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
             progress_now = progress_share()
             for step in range(steps_per_epoch):
                 batch = order[step * batch_size : (step + 1) * batch_size]
-                targets = train_y[batch].float()
-                if has_ignore:
-                    targets = torch.cat([targets, train_valid[batch].float()], dim=1)
-                images, targets = augment(train_x[batch], targets, generator)
-                masks, valid = (targets[:, :1], targets[:, 1:] > 0.5) if has_ignore else (targets, None)
+                images, masks, valid = augment(train_x[batch], train_y[batch].float(),
+                                               train_valid[batch] if has_ignore else None, generator)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
                 loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now, valid)
                 if scheduler.per_step:
