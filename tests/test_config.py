@@ -312,3 +312,9 @@ def test_top_level_not_a_mapping_names_file(tmp_path):
 def test_numeric_looking_value_for_string_field():
     cfg = load_config(None, ["name=2024", "data.root=2024"])
     assert cfg.name == "2024" and cfg.data.root == "2024"
+
+
+def test_photographic_preset_needs_rgb_input():
+    with pytest.raises(ConfigError, match="photographic"):
+        load_config(None, ["augment.preset=photographic"])
+    assert load_config(None, ["augment.preset=photographic", "model.in_channels=3"]).augment.preset == "photographic"

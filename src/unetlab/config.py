@@ -171,6 +171,9 @@ class Config(_Section):
     def _task_consistent(self) -> "Config":
         if self.task == "binary" and self.model.classes != 1:
             raise ValueError("model.classes must be 1 for task 'binary' (one logit per pixel)")
+        if self.augment.preset == "photographic" and self.model.in_channels != 3:
+            raise ConfigError("bad value for 'augment.preset': 'photographic' jitters colour and needs RGB input "
+                              "(model.in_channels=3); use 'seismic' for grey images")
         return self
 
     def to_dict(self) -> dict[str, Any]:
