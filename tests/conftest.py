@@ -84,3 +84,15 @@ def read_train_csv(root: Path) -> dict[str, str]:
 def tgs_rles(tgs_dir: Path) -> dict[str, str]:
     """id -> run-length string of `tgs_dir`'s train.csv."""
     return read_train_csv(tgs_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tgs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished two-epoch run of a 4-channel U-Net on `tgs_dir` (read-only, shared)."""
+    from run_fixtures import tiny_config
+
+    from unetlab.api import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    train(tiny_config(), data_root=tgs_dir, run_dir=run_dir, progress=False, log=lambda _: None)
+    return run_dir

@@ -1,9 +1,10 @@
-"""Helpers shared by the engine, inference and CLI tests: a tiny config, a tiny trained run, the CLI in-process."""
+"""Helpers shared by the engine, inference and CLI tests: a tiny config and the CLI in-process.
+
+The tiny trained run built from them is the `tiny_run` fixture in conftest.py."""
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -34,13 +35,3 @@ def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
         sys.argv = saved
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-@pytest.fixture(scope="session")
-def tiny_run(tgs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A finished two-epoch run of a 4-channel U-Net on `tgs_dir` (read-only, shared)."""
-    from unetlab.api import train
-
-    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
-    train(tiny_config(), data_root=tgs_dir, run_dir=run_dir, progress=False, log=lambda _: None)
-    return run_dir

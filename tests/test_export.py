@@ -12,7 +12,6 @@ import pytest
 import torch
 import yaml
 
-from run_fixtures import tiny_run  # noqa: F401
 from unetlab import export as export_module
 from unetlab.errors import UnetlabError
 from unetlab.export import check_sizes, example_size, export_run

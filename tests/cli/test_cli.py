@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from run_fixtures import TINY, run_cli, tiny_run  # noqa: F401
+from run_fixtures import TINY, run_cli
 
 SET_TINY = [arg for item in TINY for arg in ("--set", item)]
 

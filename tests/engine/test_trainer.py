@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_fixtures import TINY, tiny_config, tiny_run  # noqa: F401
+from run_fixtures import TINY, tiny_config
 
 from unetlab.config import load_config
 

@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from run_fixtures import tiny_run  # noqa: F401
 
 from unetlab.data.formats.tgs import load_tgs
 from unetlab.data.splits import load_split

@@ -3,7 +3,6 @@ import csv
 import numpy as np
 import pytest
 from PIL import Image
-from run_fixtures import tiny_run  # noqa: F401
 
 from unetlab.data.io import read_binary_mask, read_grey
 from unetlab.data.rle import rle_decode

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 from rich.console import Console
 
-import unetlab.models.fcn  # noqa: F401  (registers fcn, fcn-dilated, fcn-small)
 from unetlab.models.fcn import FCN
 from unetlab.models.registry import create_model, list_models
 from unetlab.models.summary import (
