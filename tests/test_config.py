@@ -222,7 +222,7 @@ def test_unknown_key_in_config_from_dict():
     ("data.sizing=foo", "data.sizing"),
     ("optim.lr=-1", "optim.lr"),
     ("optim.lr=0", "optim.lr"),
-    ("optim.name=sgd", "optim.name"),
+    ("optim.name=lbfgs", "optim.name"),
     ("data.val_fraction=1.0", "data.val_fraction"),
     ("data.val_fraction=0", "data.val_fraction"),
     ("data.input_size=4", "data.input_size"),

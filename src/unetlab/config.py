@@ -103,14 +103,26 @@ class LossConfig(_Section):
 
 
 class OptimConfig(_Section):
-    name: Literal["adam", "adamw"] = "adam"
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop")
+    nesterov: bool = Field(True, description="sgd: Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
+    grad_clip_norm: Optional[float] = Field(None, gt=0.0, description="clip the global gradient norm to this")
 
 
 class ScheduleConfig(_Section):
-    name: Literal["plateau", "cosine", "onecycle", "constant"] = "plateau"
-    factor: float = Field(0.1, gt=0.0, lt=1.0)
+    name: Literal["plateau", "cosine", "onecycle", "step", "constant"] = "plateau"
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau and step: multiply the lr by this")
+    milestones: list[float] = Field([0.5, 0.75], description="step: shares of training (0..1) where the lr drops")
+
+    @model_validator(mode="after")
+    def _milestones_in_range(self) -> "ScheduleConfig":
+        if any(not 0.0 < m < 1.0 for m in self.milestones):
+            raise ConfigError(f"bad value for 'schedule.milestones': {self.milestones}; shares of training "
+                              "strictly between 0 and 1, e.g. [0.5, 0.75]")
+        return self
     patience: int = Field(5, ge=0)
     min_lr: float = Field(1e-6, ge=0.0)
     warmup_epochs: float = Field(0.0, ge=0.0)
@@ -139,6 +151,10 @@ class TrainConfig(_Section):
     device: str = "auto"
     num_threads: Optional[int] = Field(None, ge=1)
     freeze_encoder_epochs: int = Field(0, ge=0, description="keep a pretrained encoder frozen this many epochs")
+    averaging: Literal["none", "ema", "swa"] = Field(
+        "none", description="validate and save averaged weights: exponential moving average or SWA")
+    ema_decay: float = Field(0.995, gt=0.0, lt=1.0)
+    swa_start: float = Field(0.75, ge=0.0, lt=1.0, description="share of training after which SWA averages")
 
 
 class EvalConfig(_Section):

@@ -84,12 +84,38 @@ class Cosine(Schedule):
         self.step(state["progress"])
 
 
+class Step(Schedule):
+    """Multiply the learning rate by `factor` at each milestone (a share of training progress)."""
+
+    per_step = True
+
+    def __init__(self, optimizer: torch.optim.Optimizer, milestones: list[float], factor: float):
+        self.optimizer, self.milestones, self.factor = optimizer, sorted(milestones), factor
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.progress = 0.0
+
+    def step(self, value: float | None = None) -> None:
+        self.progress = float(value or 0.0)
+        scale = self.factor ** sum(self.progress >= m for m in self.milestones)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"progress": self.progress, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base_lrs = list(state["base_lrs"])
+        self.step(state["progress"])
+
+
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Schedule:
     name = cfg.schedule.name
     if name == "constant":
         return Constant()
     if name == "plateau":
         return Plateau(cfg, optimizer)
+    if name == "step":
+        return Step(optimizer, cfg.schedule.milestones, cfg.schedule.factor)
     warmup = cfg.schedule.warmup_epochs / cfg.train.epochs
     if name == "onecycle" and warmup == 0:
         warmup = 0.3  # one-cycle's usual 30 % rise

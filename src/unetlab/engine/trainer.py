@@ -31,6 +31,7 @@ from unetlab.data.splits import (
     coverage_classes, kfold_splits, load_kfold, load_split, save_kfold, save_split, stratified_split,
 )
 from unetlab.data.tensors import channel_stats, images_to_tensor, masks_to_tensor, normalize
+from unetlab.engine.averaging import build_averaging
 from unetlab.engine.checkpoint import save_checkpoint
 from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import ConfigError, UnetlabError
@@ -67,11 +68,18 @@ def new_run_dir(base: str | Path, name: str) -> Path:
     return run_dir
 
 
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "adam": lambda params, o: torch.optim.Adam(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay),
+    "adamw": lambda params, o: torch.optim.AdamW(params, lr=o.lr, betas=o.betas, weight_decay=o.weight_decay),
+    "sgd": lambda params, o: torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                                             nesterov=o.nesterov and o.momentum > 0),
+    "rmsprop": lambda params, o: torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum,
+                                                     weight_decay=o.weight_decay),
+}
+
+
 def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    params = model.parameters()
-    if cfg.optim.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    return OPTIMIZERS[cfg.optim.name](model.parameters(), cfg.optim)
 
 
 class MetricsLog:
@@ -146,13 +154,15 @@ class Progress:
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: LossFn, images: torch.Tensor,
                masks: torch.Tensor, precision: str, progress: float = 0.0,
-               valid: torch.Tensor | None = None) -> torch.Tensor:
+               valid: torch.Tensor | None = None, clip_norm: float | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss without synchronising with the device."""
     with autocast(images.device, precision):
         logits = model(images)
     loss = loss_fn(logits, masks, progress, valid)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm, foreach=True)
     optimizer.step()
     return loss.detach()
 
@@ -251,6 +261,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     steps_per_epoch = len(train_idx) // batch_size  # drop the last partial batch: batch norm needs > 1
     scheduler = build_scheduler(cfg, optimizer)
     loss_fn = build_loss(cfg.loss)
+    averaging = build_averaging(cfg.train.averaging, model, cfg.train.ema_decay, cfg.train.swa_start)
     augment = build_batch_augment(cfg.augment)
     generator = torch.Generator().manual_seed(cfg.seed)
     metrics = BinarySegmentationMetrics()
@@ -304,7 +315,9 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                 images, masks, valid = augment(train_x[batch], train_y[batch].float(),
                                                train_valid[batch] if has_ignore else None, generator)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
-                loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now, valid)
+                loss = train_step(model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now, valid,
+                                  cfg.optim.grad_clip_norm)
+                averaging.update_step(global_step, progress_now)
                 if scheduler.per_step:
                     scheduler.step(progress_share())
                 loss_sum += loss
@@ -313,7 +326,15 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                     seconds = time.perf_counter() - epoch_start
                     bar.step(epoch, step + 1, (step + 1) * batch_size / seconds, float(loss))
             train_seconds = time.perf_counter() - epoch_start
+            averaging.update_epoch(progress_share())
 
+            def training_batches():  # SWA recomputes batch-norm statistics on these
+                for start in range(0, len(train_idx), 64):
+                    x = normalize(train_x[start : start + 64].float(), mean, std)
+                    with autocast(device, cfg.train.precision):
+                        yield x.contiguous(memory_format=memory_format)
+
+            evaluated = averaging.eval_model(training_batches)
             model.eval()
             metrics.reset()
             val_loss = torch.zeros((), device=device)
@@ -321,7 +342,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                 for start in range(0, len(val_idx), 64):
                     x = val_x[start : start + 64]
                     with autocast(device, cfg.train.precision):
-                        logits = model(x.contiguous(memory_format=memory_format))
+                        logits = evaluated(x.contiguous(memory_format=memory_format))
                     chunk = slice(start, start + 64)
                     val_loss += loss_fn(logits, val_y[chunk], progress_now,
                                         val_valid[chunk] if has_ignore else None) * len(x)
@@ -344,7 +365,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
             value = row[cfg.train.monitor]
             if scheduler.per_epoch:
                 scheduler.step(value)
-            payload = {"model_state": model.state_dict(), "config": cfg.to_dict(), "mean": mean, "std": std,
+            # The weights validated (averaged ones when averaging) are the ones saved for predict.
+            payload = {"model_state": evaluated.state_dict(), "config": cfg.to_dict(), "mean": mean, "std": std,
                        "threshold": cfg.eval.threshold, "epoch": epoch + 1,
                        "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
             marker = ""
@@ -356,7 +378,8 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
                 epochs_without_improvement += 1
             save_checkpoint(run_dir / "checkpoints" / "last.pt",
                             {**payload, "optimizer_state": optimizer.state_dict(),
-                             "scheduler_state": scheduler.state_dict()})
+                             "scheduler_state": scheduler.state_dict(), "train_model_state": model.state_dict(),
+                             "averaging_state": averaging.state_dict()})
             epoch_seconds.append(time.perf_counter() - epoch_start)
             summary = (f"epoch {epoch + 1:3d}  train/loss {row['train/loss']:.4f}  val/loss {row['val/loss']:.4f}  "
                        f"val/iou {row['val/iou']:.3f}  val/tgs_map {row['val/tgs_map']:.3f}  "
