@@ -30,7 +30,7 @@ def test_defaults_are_valid():
     assert cfg.task == "binary"
     assert cfg.model.name == "unet" and cfg.model.classes == 1
     assert cfg.data.input_size == 128 and cfg.data.sizing == "pad"
-    assert cfg.loss.name == "bce"
+    assert cfg.loss.name is None  # the task default: bce for binary
     assert cfg.train.batch_size >= 1
 
 
@@ -78,7 +78,8 @@ def test_repo_tgs_config_loads():
     assert cfg.name == "tgs-salt"
     assert cfg.loss.name == "bce_lovasz"
     assert cfg.model.scse is True
-    assert cfg.schedule.name == "cosine"
+    assert cfg.schedule.name == "onecycle"
+    assert cfg.train.averaging == "ema"
     assert cfg.train.monitor == "val/tgs_map" and cfg.train.monitor_mode == "max"
     assert cfg.eval.tta == "hflip"
     assert cfg.augment.vflip is False
@@ -229,13 +230,14 @@ def test_unknown_key_in_config_from_dict():
     ("model.depth=0", "model.depth"),
     ("model.depth=8", "model.depth"),
     ("model.dropout=1.0", "model.dropout"),
-    ("loss.name=focal", "loss.name"),
+    ("loss.name=hinge", "loss.name"),
     ("loss.lovasz_start=1.5", "loss.lovasz_start"),
     ("augment.shift=0.9", "augment.shift"),
     ("eval.threshold=1", "eval.threshold"),
-    ("train.precision=fp16", "train.precision"),
+    ("train.precision=fp8", "train.precision"),
     ("train.batch_size=abc", "train.batch_size"),
-    ("task=multiclass", "task"),
+    ("task=multiclass", "model.classes"),
+    ("task=regression", "task"),
 ])
 def test_bad_value_refused_naming_key(override, key):
     with pytest.raises(ConfigError) as info:

@@ -236,3 +236,83 @@ def test_sample_grid(tmp_path):
         viz.save_sample_grid(tmp_path / "bad.png", images, masks[:2])
     with pytest.raises(ValueError):
         viz.save_sample_grid(tmp_path / "bad.png", images, masks, labels=["a"])
+
+
+# --------------------------------------------------------------------------- label maps (multiclass)
+
+
+CAMVID_SEGNET_COLOURS = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+                         (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
+
+
+@pytest.mark.parametrize("num_classes", [1, 2, 11, 21, 150, 300])
+def test_label_palette_distinct_deterministic_never_black(num_classes):
+    pal = viz.label_palette(num_classes)
+    assert pal.dtype == np.uint8 and pal.shape == (num_classes, 3)
+    assert len({tuple(c) for c in pal.tolist()}) == num_classes  # distinct
+    assert not (pal == 0).all(axis=1).any()  # black is kept for ignored pixels
+    np.testing.assert_array_equal(pal, viz.label_palette(num_classes))  # deterministic
+    if num_classes != 11:  # a prefix of the same sequence: class k keeps its colour as C grows
+        np.testing.assert_array_equal(pal, viz.label_palette(400)[:num_classes])
+
+
+def test_label_palette_camvid_uses_segnet_colours_in_camvid_class_order():
+    from unetlab.data.formats.camvid import CAMVID_CLASSES
+
+    assert CAMVID_CLASSES[0] == "Sky" and CAMVID_CLASSES[-1] == "Bicyclist"
+    assert viz.label_palette(11).tolist() == [list(c) for c in CAMVID_SEGNET_COLOURS]
+    with pytest.raises(ValueError):
+        viz.label_palette(0)
+    with pytest.raises(TypeError):
+        viz.label_palette(2.0)
+
+
+def test_colorize_labels_exact_colours_and_ignored_black():
+    pal = viz.label_palette(11)
+    mask = np.array([[0, 1, 2], [10, 11, 3]], dtype=np.uint8)  # 11 = CamVid Unlabelled
+    rgb = viz.colorize_labels(mask, pal, ignore_index=11)
+    assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
+    expected = np.array([[CAMVID_SEGNET_COLOURS[0], CAMVID_SEGNET_COLOURS[1], CAMVID_SEGNET_COLOURS[2]],
+                         [CAMVID_SEGNET_COLOURS[10], (0, 0, 0), CAMVID_SEGNET_COLOURS[3]]], dtype=np.uint8)
+    np.testing.assert_array_equal(rgb, expected)
+    # VOC-style 255 ignore, float (augmented) and (H, W, 1) masks, bool masks as classes 0/1
+    pal3 = np.array([[10, 20, 30], [40, 50, 60], [70, 80, 90]], dtype=np.uint8)
+    voc = np.array([[0, 255], [2, 1]])
+    want = np.array([[[10, 20, 30], [0, 0, 0]], [[70, 80, 90], [40, 50, 60]]], dtype=np.uint8)
+    np.testing.assert_array_equal(viz.colorize_labels(voc, pal3, ignore_index=255), want)
+    np.testing.assert_array_equal(viz.colorize_labels((voc + 1e-6).astype(np.float32)[:, :, None], pal3, 255), want)
+    np.testing.assert_array_equal(viz.colorize_labels(np.array([[True, False]]), pal3), pal3[[[1, 0]]])
+    # a value that is neither a class nor the ignore label is refused, naming it
+    with pytest.raises(ValueError, match="255"):
+        viz.colorize_labels(voc, pal3)
+    with pytest.raises(ValueError, match="-1"):
+        viz.colorize_labels(np.array([[0, -1]]), pal3, ignore_index=255)
+    with pytest.raises(ValueError):
+        viz.colorize_labels(np.zeros((2, 2, 3), int), pal3)
+
+
+def test_save_multiclass_samples_writes_a_png_with_legend(tmp_path):
+    from unetlab.data.formats.camvid import CAMVID_CLASSES, VOC_CLASSES
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:60, :80]
+    images = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
+    truths = [(x // 8 + i) % 12 for i in range(3)]  # includes 11 = ignored
+    preds = [(x // 8 + y // 20) % 11 for _ in range(3)]
+    out = viz.save_multiclass_samples(tmp_path / "fig" / "camvid.png", images, truths, preds, CAMVID_CLASSES,
+                                      ignore_index=11, titles=["0001TP_006690  mIoU 0.41", "b", "c"])
+    w3, h3 = _check_png(out)
+    assert 400 <= w3 <= 1200 and 400 <= h3 <= 1600
+    # fewer rows -> shorter figure; grey images, missing truth/prediction, VOC's 21 classes + 255
+    voc_truth = np.where((x + y) % 17 == 0, 255, (x // 4) % 21)
+    w1, h1 = _check_png(viz.save_multiclass_samples(tmp_path / "voc.png", [_grey(60, 80)], [voc_truth], [None],
+                                                    VOC_CLASSES, ignore_index=255))
+    assert h1 < h3
+    _check_png(viz.save_multiclass_samples(tmp_path / "none.png", [_grey(60, 80)], [None], [preds[0]], CAMVID_CLASSES))
+    with pytest.raises(ValueError, match="does not match"):
+        viz.save_multiclass_samples(tmp_path / "bad.png", images[:1], [truths[0][:30]], [preds[0]], CAMVID_CLASSES, 11)
+    with pytest.raises(ValueError, match="one each"):
+        viz.save_multiclass_samples(tmp_path / "bad.png", images, truths[:2], preds, CAMVID_CLASSES, 11)
+    with pytest.raises(ValueError, match="11"):  # ignore label not declared
+        viz.save_multiclass_samples(tmp_path / "bad.png", images[2:], truths[2:], preds[2:], CAMVID_CLASSES)
+    assert not (tmp_path / "bad.png").exists()

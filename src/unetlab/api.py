@@ -14,12 +14,15 @@ from unetlab.bench import bench_train
 from unetlab.config import Config, load_config
 from unetlab.data.formats.registry import load_for_config
 from unetlab.demo import demo
+from unetlab.engine.distributed import world_from_env
 from unetlab.engine.trainer import TrainResult
+from unetlab.engine.trainer import resume as _resume
 from unetlab.engine.trainer import train as _train
 from unetlab.evaluation import evaluate
 from unetlab.inference.predict import predict
 from unetlab.inference.predictor import Predictor
 from unetlab.models import create_model, list_models
+from unetlab.viz import plot_runs
 
 
 def train(config: Config, data_root: str | Path | None = None, run_dir: str | Path | None = None,
@@ -31,11 +34,24 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
     dataset = load_for_config(config, root) if root is not None else None
     result = _train(config, data_root=root, run_dir=run_dir, runs_base=runs_base, progress=progress, log=log,
                     dataset=dataset)
-    if evaluate_after and dataset is not None:
+    if evaluate_after and dataset is not None and world_from_env().is_main:
+        evaluate(result.run_dir, root, dataset=dataset, log=log,  # type: ignore[arg-type]
+                 command=f"unetlab evaluate {result.run_dir} --data {root}")
+    return result
+
+
+def resume(run_dir: str | Path, data_root: str | Path | None = None, overrides: list[str] | None = None,
+           progress: bool = True, evaluate_after: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+    """Continue a run from its last checkpoint, then score its best checkpoint like `train`."""
+    cfg = load_config(Path(run_dir) / "config.yaml") if (Path(run_dir) / "config.yaml").is_file() else None
+    root = data_root if data_root is not None else (cfg.data.root if cfg is not None else None)
+    dataset = load_for_config(cfg, root) if cfg is not None and root is not None else None
+    result = _resume(run_dir, data_root=root, progress=progress, log=log, dataset=dataset, overrides=overrides)
+    if evaluate_after and dataset is not None and world_from_env().is_main:
         evaluate(result.run_dir, root, dataset=dataset, log=log,  # type: ignore[arg-type]
                  command=f"unetlab evaluate {result.run_dir} --data {root}")
     return result
 
 
 __all__ = ["Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
-           "list_models", "load_config", "predict", "train"]
+           "list_models", "load_config", "plot_runs", "predict", "resume", "train"]

@@ -9,7 +9,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from unetlab.errors import UnetlabError
+from unetlab.errors import ConfigError, UnetlabError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="U-Net semantic segmentation: train, evaluate and predict salt masks (and more).")
@@ -37,11 +37,23 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to create (default runs/<name>-<time>)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the best checkpoint on validation"),
     no_progress: bool = typer.Option(False, "--no-progress", help="plain log lines instead of a progress bar"),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last "
+                                          "checkpoint (only train.epochs / max_minutes / early_stop_patience "
+                                          "may be --set)"),
 ) -> None:
-    """Train a model; writes a run folder with config, split, metrics, checkpoints and figures."""
-    from unetlab.api import train as api_train
+    """Train a model; writes a run folder with config, split, metrics, checkpoints and figures.
+
+    Several processes (CPU or GPUs): torchrun --nproc-per-node N -m unetlab train ...
+    """
+    from unetlab.api import resume as api_resume, train as api_train
     from unetlab.config import load_config
 
+    if resume is not None:
+        if config is not None or out is not None:
+            raise ConfigError("--resume RUN continues RUN with its own config.yaml; drop --config and --out")
+        api_resume(resume, data_root=data, overrides=set_, progress=_progress(no_progress),
+                   evaluate_after=not no_eval)
+        return
     cfg = load_config(config, set_)
     api_train(cfg, data_root=data, run_dir=out, progress=_progress(no_progress), evaluate_after=not no_eval)
 
@@ -84,6 +96,24 @@ def predict(
     if tta not in (None, "none", "hflip"):
         _fail(f"--tta {tta}: choose none or hflip")
     api_predict(run, inputs, out, threshold=threshold, tta=tta, which=which)
+
+
+@app.command()
+def plot(
+    runs: List[Path] = typer.Argument(..., help="run folders (each holds the metrics.csv of `unetlab train`)"),
+    out: Path = typer.Option(..., "--out", help="PNG file to write"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated panels, e.g. loss,val/iou,lr "
+                                          "(default: loss, every val/* metric, lr)"),
+    x: str = typer.Option("epoch", "--x", help="epoch | time (minutes since the start of training)"),
+) -> None:
+    """Learning curves of one or more runs in one PNG: one panel per metric, one line per run."""
+    from unetlab.api import plot_runs
+
+    if x not in ("epoch", "time"):
+        _fail(f"--x {x}: choose epoch or time")
+    names = [name.strip() for name in metrics.split(",") if name.strip()] if metrics else None
+    path = plot_runs(runs, out, metrics=names or None, x=x)
+    typer.echo(f"wrote {path} ({len(runs)} run{'s' if len(runs) != 1 else ''}, x = {x})")
 
 
 @app.command()
@@ -170,19 +200,26 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("train")
 def bench_train_command(
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder in the config's data.format for the full "
+                                        "pipeline and the naive loop (default: synthetic TGS-like images in memory)"),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the model (default U-Net-16)"),
     set_: List[str] = typer.Option([], "--set", help="override a config key"),
-    size: int = typer.Option(128, "--size", min=16, help="input side in pixels"),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    size: Optional[int] = typer.Option(None, "--size", min=16, help="input side in pixels (default data.input_size)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="default train.batch_size"),
     steps: int = typer.Option(10, "--steps", min=1, help="timed steps per round"),
     rounds: int = typer.Option(3, "--rounds", min=1, help="alternating rounds per path (median reported)"),
+    warmup: int = typer.Option(3, "--warmup", min=1, help="untimed steps per path first"),
+    images: int = typer.Option(256, "--images", min=2, help="size of the synthetic data set (without --data)"),
+    no_memory: bool = typer.Option(False, "--no-memory", help="skip the peak-memory probes"),
     out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON"),
 ) -> None:
-    """Training images/s: default fast path (bf16 + channels_last) vs fp32 NCHW eager, side by side."""
+    """Training images/s and peak memory: default path on synthetic tensors and with the full data pipeline,
+    and the naive fp32 NCHW eager loop, side by side in one run."""
     from unetlab.bench import bench_train
     from unetlab.config import load_config
 
-    bench_train(load_config(config, set_), size=size, batch_size=batch_size, steps=steps, rounds=rounds, out=out)
+    bench_train(load_config(config, set_), size=size, batch_size=batch_size, steps=steps, rounds=rounds,
+                warmup=warmup, out=out, data=data, images=images, memory=not no_memory)
 
 
 @bench_app.command("models")

@@ -96,10 +96,74 @@ class ModelConfig(_Section):
         return {"in_channels": self.in_channels, "classes": self.classes, **(self.model_extra or {})}
 
 
+class LossTerm(_Section):
+    """One term of a composite loss: `weight` * loss `name`, counted once training progress reaches `start`."""
+
+    name: Literal["bce", "ce", "dice", "focal", "tversky", "lovasz"]
+    weight: float = Field(1.0, ge=0.0)
+    start: float = Field(0.0, ge=0.0, le=1.0, description="share of training (0..1) after which the term joins")
+
+
 class LossConfig(_Section):
-    name: Literal["bce", "dice", "bce_dice", "lovasz", "bce_lovasz"] = "bce"
-    # Lovász from random initialisation stalls: it joins once this share of training is done.
+    """The training loss: a preset `name`, or an explicit list of `terms` (then `name` must be left unset).
+
+    Presets (unetlab.losses.PRESETS): bce, dice, bce_dice, lovasz, bce_lovasz (binary; dice and
+    lovasz work for both tasks), ce, ce_dice, ce_lovasz (multiclass), focal, tversky (both).
+    Which term fits which task is checked by `unetlab.losses.build_loss`.
+    """
+
+    name: Optional[Literal["bce", "dice", "bce_dice", "lovasz", "bce_lovasz",
+                           "ce", "ce_dice", "ce_lovasz", "focal", "tversky"]] = Field(
+        None, description="a preset; unset (null) = the task's default: bce for binary, ce for multiclass")
+    terms: Optional[list[LossTerm]] = Field(
+        None, description="replaces the preset, e.g. [{name: ce}, {name: dice, weight: 0.5}]; leave name unset")
+    # Lovász from random initialisation stalls: in the *_lovasz presets it joins once this share of training is done.
     lovasz_start: float = Field(0.5, ge=0.0, le=1.0)
+    pos_weight: Optional[float] = Field(None, gt=0.0, description="binary BCE: weight of the positive pixels")
+    dice_mode: Literal["batch", "image"] = Field(
+        "batch", description="soft Dice / Tversky over the whole batch, or per image then averaged")
+    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_alpha: Optional[float] = Field(
+        None, ge=0.0, le=1.0, description="binary focal: weight of positives (negatives 1 - alpha); "
+                                          "multiclass: refused, use class_weights")
+    tversky_alpha: float = Field(0.3, ge=0.0, description="Tversky weight of false positives")
+    tversky_beta: float = Field(0.7, ge=0.0, description="Tversky weight of false negatives")
+    class_weights: Optional[Literal["inverse", "median"] | list[float]] = Field(
+        None, description="bce/ce/focal per-class weights: inverse | median (from the training masks) | "
+                          "one float per class (binary: [background, foreground])")
+    smooth: float = Field(1.0, gt=0.0, description="Dice/Tversky smoothing: keeps empty masks finite")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_weights_and_terms(cls, data: Any) -> Any:
+        weights = data.get("class_weights") if isinstance(data, dict) else None
+        if weights is not None and weights not in ("inverse", "median") and not (
+                isinstance(weights, list) and weights
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < float("inf")
+                        for w in weights) and any(w > 0 for w in weights)):
+            raise ConfigError(f"bad value for 'loss.class_weights': {weights!r}; use inverse, median or one "
+                              "finite weight >= 0 per class (at least one > 0), e.g. [1.0, 2.5]")
+        # `terms` replaces the preset: refuse both given, and record name as unset (null) with terms.
+        if isinstance(data, dict) and data.get("terms") is not None:
+            if data.get("name") is not None:
+                raise ConfigError(f"bad value for 'loss.name': {data['name']!r} given together with loss.terms; "
+                                  "remove loss.name (or set it to null) to use the terms, or remove loss.terms")
+            data = {**data, "name": None}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LossConfig":
+        if self.terms is not None:
+            if not any(t.weight > 0 and t.start == 0 for t in self.terms):
+                raise ConfigError("bad value for 'loss.terms': no term with weight > 0 starts at 0, so nothing "
+                                  "would be trained at first; give at least one such term")
+        if self.pos_weight is not None and self.class_weights is not None:
+            raise ConfigError("bad value for 'loss.pos_weight': both loss.pos_weight and loss.class_weights "
+                              "weight the positives; set only one")
+        if self.tversky_alpha == 0 and self.tversky_beta == 0:
+            raise ConfigError("bad value for 'loss.tversky_alpha': tversky_alpha and tversky_beta are both 0 "
+                              "(the loss would be constant); make at least one > 0")
+        return self
 
 
 class OptimConfig(_Section):
@@ -146,11 +210,16 @@ class TrainConfig(_Section):
     monitor: str = "val/loss"
     monitor_mode: Literal["min", "max"] = "min"
     max_minutes: Optional[float] = Field(None, gt=0.0, description="stop after this wall-clock budget")
-    precision: Literal["bf16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="autocast dtype; fp16 (CUDA only) adds a gradient scaler")
     channels_last: bool = True
     device: str = "auto"
     num_threads: Optional[int] = Field(None, ge=1)
     freeze_encoder_epochs: int = Field(0, ge=0, description="keep a pretrained encoder frozen this many epochs")
+    deterministic: bool = Field(False, description="deterministic algorithms: same seed, same weights (slower)")
+    compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
+    log_every_steps: int = Field(10, ge=0, description="TensorBoard step scalars every N steps; 0 = per epoch only")
+    image_every_epochs: int = Field(5, ge=0, description="TensorBoard validation images every N epochs; 0 = never")
     averaging: Literal["none", "ema", "swa"] = Field(
         "none", description="validate and save averaged weights: exponential moving average or SWA")
     ema_decay: float = Field(0.995, gt=0.0, lt=1.0)
@@ -165,7 +234,8 @@ class EvalConfig(_Section):
 class Config(_Section):
     name: str = "run"
     seed: int = 42
-    task: Literal["binary"] = "binary"
+    task: Literal["binary", "multiclass"] = Field(
+        "binary", description="binary: one logit per pixel (sigmoid); multiclass: model.classes logits (softmax)")
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -185,8 +255,9 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _task_consistent(self) -> "Config":
-        if self.task == "binary" and self.model.classes != 1:
-            raise ValueError("model.classes must be 1 for task 'binary' (one logit per pixel)")
+        from unetlab.losses import check_loss_config
+
+        check_loss_config(self.loss, self.task, self.model.classes)
         if self.augment.preset == "photographic" and self.model.in_channels != 3:
             raise ConfigError("bad value for 'augment.preset': 'photographic' jitters colour and needs RGB input "
                               "(model.in_channels=3); use 'seismic' for grey images")

@@ -1,5 +1,9 @@
 """Binary segmentation metrics (salt = positive class) on torch tensors, on any device.
 
+Multiclass metrics (:func:`multiclass_confusion`, :class:`MulticlassSegmentationMetrics`) are in
+their own section at the end of the module, with their definitions; the rest of this docstring is
+about the binary ones.
+
 Everything here is derived from per-image confusion counts ``[tp, fp, fn, tn]`` (int64),
 so the metrics are exact up to one final division, and streaming, merging across processes
 and threshold sweeps all give the same numbers as one pass over the whole set.
@@ -50,6 +54,7 @@ compare integers instead: the IoU tp/u is above t = k/100 exactly when ``100 * t
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -62,6 +67,11 @@ __all__ = [
     "micro_scores",
     "BinarySegmentationMetrics",
     "scores_over_thresholds",
+    "LABEL_ROUNDING_TOLERANCE",
+    "multiclass_confusion",
+    "multiclass_scores",
+    "tag_safe_name",
+    "MulticlassSegmentationMetrics",
 ]
 
 #: The 10 IoU thresholds of the TGS Salt metric, as percentages (exact integers).
@@ -402,3 +412,376 @@ def scores_over_thresholds(
         "dice": micro["dice"],
         "tgs_map": hits.to(torch.float64) / (len(_TGS_THRESHOLDS_PCT) * n_img),
     }
+
+
+# --------------------------------------------------------------------------- multiclass
+#
+# Multiclass metrics (CamVid, VOC, ...): everything is derived from one (C, C) int64 confusion
+# matrix summed over all valid pixels of the set (rows = truth, columns = prediction), so they
+# are exact up to the final divisions, and streaming / merging give the same numbers as one pass.
+#
+# Out-of-range values. A target (or integer prediction) outside 0..C-1 at a *valid* pixel is an
+# error: the matrix cannot hold it, and silently dropping it would bias every metric. Checking it
+# needs the device to report back, so the choice made here is:
+#   * the accumulator never syncs in update(): such pixels are kept out of the matrix, and the
+#     range of the valid values (min, max, worst distance of a float target from an integer) is
+#     kept on the device as 5 numbers; compute(), confusion() and state() look at them (one small
+#     copy) and raise ValueError naming the offending value -- a bad batch poisons the
+#     accumulator until reset(), so a wrong number is never returned or exported;
+#   * multiclass_confusion(check=True) (the default) makes that one small copy itself and raises
+#     at once; check=False is sync-free and leaves out-of-range pixels out of the matrix.
+
+#: A float target further than this from the nearest integer at a valid pixel is not a class index
+#: (e.g. a label map resampled with bilinear interpolation) and is refused; closer values are rounded.
+LABEL_ROUNDING_TOLERANCE = 0.01
+
+# running range stats: [target min, target max, |target - round(target)| max, pred min, pred max]
+_INF = float("inf")
+_NEUTRAL_STATS = (_INF, -_INF, 0.0, _INF, -_INF)
+
+
+def _stats_dtype(device: torch.device) -> torch.dtype:
+    return torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+
+
+def _neutral_stats(device: torch.device) -> torch.Tensor:
+    return torch.tensor(_NEUTRAL_STATS, dtype=_stats_dtype(device), device=device)
+
+
+def _combine_stats(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    # torch.minimum / maximum propagate NaN, so a NaN target anywhere is never forgotten
+    return torch.stack([
+        torch.minimum(a[0], b[0]), torch.maximum(a[1], b[1]), torch.maximum(a[2], b[2]),
+        torch.minimum(a[3], b[3]), torch.maximum(a[4], b[4]),
+    ])
+
+
+def _as_labels(x: torch.Tensor, name: str) -> torch.Tensor:
+    """Class-index tensor: bool -> 0/1, integers as they are, floats rounded (checked later)."""
+    if x.is_complex():
+        raise TypeError(f"{name}: complex tensors are not class indices")
+    if x.is_floating_point():
+        return torch.round(x)
+    return x.to(torch.int64)  # bool -> 0/1; any integer width compares safely with C - 1
+
+
+def _value_range(x: torch.Tensor, ok: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    xf = x.to(dtype)
+    return torch.where(ok, xf, _INF).amin(), torch.where(ok, xf, -_INF).amax()
+
+
+def _confusion_and_stats(
+    pred: torch.Tensor, target: torch.Tensor, num_classes: int, valid: torch.Tensor | None, pred_checked: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(C, C) int64 confusion and the 5 range stats of the valid values, both on pred's device, sync-free."""
+    c = _check_num_classes(num_classes)
+    p = _squeeze_masks(pred, "pred")
+    t = _squeeze_masks(target, "target")
+    if p.shape != t.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+    if p.is_floating_point():
+        raise TypeError(
+            "pred: expected class indices (integer or bool), got a floating tensor; take the argmax of "
+            "the scores over the class axis first, or pass the (N, C, H, W) scores to "
+            "MulticlassSegmentationMetrics.update"
+        )
+    device = p.device
+    raw_t = t.to(device)
+    t = _as_labels(raw_t, "target")
+    p = _as_labels(p, "pred")
+    if valid is None:
+        v = torch.ones(p.shape, dtype=torch.bool, device=device)
+    else:
+        v = _squeeze_masks(valid, "valid")
+        if v.shape != p.shape:
+            raise ValueError(f"valid and pred shapes differ: {tuple(valid.shape)} vs {tuple(pred.shape)}")
+        v = _target_to_bool(v).to(device)
+    t_ok = (t >= 0) & (t <= c - 1)  # False for NaN
+    p_ok = (p >= 0) & (p <= c - 1)
+    ok = v & t_ok & p_ok
+    t_idx = torch.where(ok, t, 0).to(torch.int64)  # NaN/inf never reach the integer cast
+    key = torch.where(ok, t_idx * c + p, c * c)  # ignored or out-of-range pixels: one dump bin
+    conf = torch.bincount(key.reshape(-1), minlength=c * c + 1)[: c * c].reshape(c, c)
+
+    sd = _stats_dtype(device)
+    if p.numel() == 0:
+        return conf, _neutral_stats(device)
+    t_min, t_max = _value_range(t, v, sd)
+    if raw_t.is_floating_point():
+        frac = torch.where(v, (raw_t.to(sd) - t.to(sd)).abs(), 0.0).amax()
+    else:
+        frac = torch.zeros((), dtype=sd, device=device)
+    if pred_checked:  # argmax output: in range by construction
+        p_min = torch.full((), _INF, dtype=sd, device=device)
+        p_max = torch.full((), -_INF, dtype=sd, device=device)
+    else:
+        p_min, p_max = _value_range(p, v, sd)
+    return conf, torch.stack([t_min, t_max, frac, p_min, p_max])
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    return num_classes
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if math.isfinite(value) and value == int(value) else repr(value)
+
+
+def _raise_if_out_of_range(stats: torch.Tensor, num_classes: int) -> None:
+    """One small device -> host copy; raises ValueError naming the first bad value found."""
+    t_min, t_max, frac, p_min, p_max = stats.tolist()
+    top = num_classes - 1
+    hint = ("; mark ignored pixels (e.g. the ignore label 255) invalid with valid=(target != ignore_index)")
+    if math.isnan(t_min) or math.isnan(t_max) or math.isnan(frac):
+        raise ValueError("target: NaN at valid pixels; class indices must be finite" + hint)
+    seen_t, seen_p = t_min <= t_max, p_min <= p_max  # False while nothing valid was seen (+inf, -inf)
+    for value in (t_min, t_max) if seen_t else ():
+        if value < 0 or value > top:
+            raise ValueError(f"target: value {_fmt(value)} at valid pixels is not a class in 0..{top}" + hint)
+    if frac > LABEL_ROUNDING_TOLERANCE:
+        raise ValueError(
+            f"target: a float label {frac:.3g} away from the nearest integer at valid pixels is not a class "
+            "index; resample label maps with nearest-neighbour interpolation"
+        )
+    for value in (p_min, p_max) if seen_p else ():
+        if value < 0 or value > top:
+            raise ValueError(f"pred: value {_fmt(value)} at valid pixels is not a class in 0..{top}")
+
+
+def multiclass_confusion(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    valid: torch.Tensor | None = None,
+    check: bool = True,
+) -> torch.Tensor:
+    """Confusion matrix over all pixels of the batch: int64 (C, C), rows = truth, columns = prediction.
+
+    ``pred``: class indices, integer or bool, (N, H, W) or (N, 1, H, W) (take the argmax of scores
+    first). ``target``: class indices of the same shape -- integer, bool, or float (e.g. after
+    augmentation), which is rounded to the nearest integer (2.0000001 -> 2; a value more than
+    ``LABEL_ROUNDING_TOLERANCE`` from an integer is an error). ``valid`` (optional, same shape;
+    bool, integer non-zero, float > 0.5): pixels where it is False are counted nowhere, whatever
+    their target holds (so an ignore label such as 255 or CamVid's 11 goes there).
+
+    Computed with one ``bincount`` on ``pred``'s device (``target`` is moved there). A target or
+    prediction outside 0..C-1 at a valid pixel (or a NaN) raises ValueError naming the value; with
+    ``check=True`` (default) that costs one tiny device -> host copy. ``check=False`` is sync-free and
+    leaves such pixels out of the matrix silently (:class:`MulticlassSegmentationMetrics` runs
+    without the sync and raises in ``compute()`` instead).
+    """
+    conf, stats = _confusion_and_stats(pred, target, num_classes, valid, pred_checked=False)
+    if check:
+        _raise_if_out_of_range(stats, num_classes)
+    return conf
+
+
+def tag_safe_name(name: str) -> str:
+    """A class name as a metric/TensorBoard tag part: lowercase, whitespace -> '_', and any character
+    other than a-z 0-9 _ . - replaced by '_' ('Sign Symbol' -> 'sign_symbol', 'a/b' -> 'a_b')."""
+    out = "_".join(str(name).strip().lower().split())
+    return "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "_.-" else "_" for ch in out)
+
+
+def multiclass_scores(confusion: torch.Tensor, class_names: Sequence[str] | None = None) -> dict[str, float]:
+    """Scores from a (C, C) confusion matrix (rows = truth, columns = prediction); see
+    :class:`MulticlassSegmentationMetrics` for the definitions. Keys: ``pixel_accuracy``,
+    ``mean_accuracy``, ``miou``, ``mean_dice``, ``fw_iou`` and ``iou/<name>`` per class."""
+    cm = confusion
+    if not isinstance(cm, torch.Tensor):
+        raise TypeError(f"confusion: expected a torch.Tensor, got {type(cm).__name__}")
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
+        raise ValueError(f"confusion: expected a square (C, C) matrix, got shape {tuple(cm.shape)}")
+    c = cm.shape[0]
+    names = _class_keys(c, class_names)
+    cm = cm.detach().to("cpu", torch.float64)  # float64: exact for counts below 2**53
+    tp = torch.diagonal(cm)
+    truth = cm.sum(dim=1)
+    predicted = cm.sum(dim=0)
+    union = truth + predicted - tp
+    total = float(cm.sum())
+    nan = math.nan
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, nan))
+    dice = torch.where(union > 0, 2 * tp / (truth + predicted).clamp_min(1), torch.full_like(tp, nan))
+    recall = torch.where(truth > 0, tp / truth.clamp_min(1), torch.full_like(tp, nan))
+    present = truth > 0
+    defined = union > 0
+
+    def mean(values: torch.Tensor, where: torch.Tensor) -> float:
+        return float(values[where].mean()) if bool(where.any()) else nan
+
+    out = {
+        "pixel_accuracy": float(tp.sum()) / total if total > 0 else nan,
+        "mean_accuracy": mean(recall, present),
+        "miou": mean(iou, defined),
+        "mean_dice": mean(dice, defined),
+        "fw_iou": float((truth[present] * iou[present]).sum()) / total if total > 0 else nan,
+    }
+    for key, value in zip(names, iou.tolist()):
+        out[f"iou/{key}"] = value
+    return out
+
+
+def _class_keys(num_classes: int, class_names: Sequence[str] | None) -> list[str]:
+    if class_names is None:
+        return [f"class{k}" for k in range(num_classes)]
+    names = [str(n) for n in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"class_names: {len(names)} names for {num_classes} classes")
+    keys = [tag_safe_name(n) for n in names]
+    seen: dict[str, str] = {}
+    for name, key in zip(names, keys):
+        if not key:
+            raise ValueError(f"class_names: {name!r} gives an empty metric name")
+        if key in seen:
+            raise ValueError(f"class_names: {seen[key]!r} and {name!r} both become metric name {key!r}")
+        seen[key] = name
+    return keys
+
+
+class MulticlassSegmentationMetrics:
+    """Streaming multiclass metrics from one (C, C) int64 confusion matrix (rows = truth, columns =
+    prediction) summed over every valid pixel of the set.
+
+    ``update()`` never waits for the device (no ``.item()``): the matrix stays on the device of the
+    first batch. ``compute()`` syncs once and returns Python floats.
+
+    Definitions, with n_ij the pixels of true class i predicted as j, t_i = sum_j n_ij (truth),
+    p_j = sum_i n_ij (prediction), u_i = t_i + p_i - n_ii (union) and T = all valid pixels:
+
+    * ``pixel_accuracy`` = sum_i n_ii / T
+    * ``mean_accuracy``  = mean of the recalls n_ii / t_i over the classes present in the truth
+      (t_i > 0); equals sklearn's ``balanced_accuracy_score`` on the valid pixels
+    * ``iou/<name>``     = n_ii / u_i per class; **NaN** when u_i == 0 (the class is neither in the
+      truth nor predicted: undefined, not 0 and not 1). A class only predicted has IoU 0.
+    * ``miou``           = mean of the defined per-class IoUs (classes with u_i > 0); a class absent
+      from both truth and prediction is left out of the mean rather than counted as 0 or 1
+    * ``mean_dice``      = mean of 2 n_ii / (t_i + p_i) over the same classes as ``miou``
+    * ``fw_iou``         = sum_i (t_i / T) * IoU_i (frequency-weighted IoU; classes absent from the
+      truth weigh 0)
+
+    ``<name>`` is the class name lowercased with spaces as '_' (see :func:`tag_safe_name`), or
+    ``class0``, ``class1``, ... without ``class_names``.
+
+    Ignore: pixels where ``valid`` is False are in no count at all (they change no metric), whatever
+    the target holds there -- pass ``valid = target != ignore_index`` for CamVid's 11 or VOC's 255.
+    A target or prediction outside 0..C-1 at a *valid* pixel is an error, raised (naming the value) by
+    the next ``compute()``, ``confusion()`` or ``state()`` -- not in ``update()``, which would cost a
+    device sync per batch; the accumulator stays refused until ``reset()``.
+
+    Undefined cases: ``compute()`` before any ``update()`` raises RuntimeError. With images but no
+    valid pixel at all (everything ignored) every value is **NaN** -- nothing was scored -- rather
+    than an exception that would stop a training run. A mean over no class is NaN likewise.
+
+    State, for merging across processes: ``state()`` is a 1-D int64 tensor of length C*C + 1, the
+    row-major confusion matrix followed by the number of images. States add: summing them (e.g.
+    ``torch.distributed.all_reduce(state, op=SUM)``), or ``merge_state`` of each into one
+    accumulator, gives the accumulator of the whole set; ``load_state`` takes one state (or a stack
+    (P, C*C + 1), which it sums).
+    """
+
+    def __init__(self, num_classes: int, class_names: Sequence[str] | None = None) -> None:
+        self.num_classes = _check_num_classes(num_classes)
+        self.class_names = None if class_names is None else [str(n) for n in class_names]
+        self._keys = _class_keys(num_classes, class_names)
+        self.reset()
+
+    # ---- accumulation
+    def update(
+        self,
+        logits_probs_or_pred: torch.Tensor,
+        target: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> None:
+        """Add a batch. Float input: scores (logits or probabilities) (N, C, H, W), the prediction is
+        their argmax over dim 1. Integer or bool input: the predicted class indices, (N, H, W) or
+        (N, 1, H, W). ``target``/``valid`` as in :func:`multiclass_confusion`."""
+        x = logits_probs_or_pred
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"logits_probs_or_pred: expected a torch.Tensor, got {type(x).__name__}")
+        scores = x.is_floating_point()
+        if scores:
+            if x.ndim != 4 or x.shape[1] != self.num_classes:
+                raise ValueError(
+                    f"float input are class scores and must be (N, {self.num_classes}, H, W), got shape "
+                    f"{tuple(x.shape)}; pass predicted class indices as an integer tensor"
+                )
+            x = x.argmax(dim=1)
+        conf, stats = _confusion_and_stats(x, target, self.num_classes, valid, pred_checked=scores)
+        if self._conf is None:
+            self._conf, self._stats = conf, stats
+        else:
+            self._conf += conf.to(self._conf.device)
+            self._stats = _combine_stats(self._stats, stats.to(self._stats.device, self._stats.dtype))
+        self._n_images += int(x.shape[0])
+
+    def reset(self) -> None:
+        self._conf: torch.Tensor | None = None
+        self._stats: torch.Tensor | None = None
+        self._n_images = 0
+
+    def __len__(self) -> int:
+        """Number of images accumulated."""
+        return self._n_images
+
+    def _checked(self) -> torch.Tensor:
+        if self._conf is None:
+            return torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64)
+        _raise_if_out_of_range(self._stats, self.num_classes)
+        return self._conf
+
+    def confusion(self) -> torch.Tensor:
+        """A copy of the int64 (C, C) matrix so far (rows = truth, columns = prediction)."""
+        return self._checked().clone()
+
+    # ---- state for merging across processes
+    def state(self) -> torch.Tensor:
+        """int64 (C*C + 1,): the row-major confusion matrix, then the image count (a copy)."""
+        conf = self._checked()
+        n = torch.tensor([self._n_images], dtype=torch.int64, device=conf.device)
+        return torch.cat([conf.reshape(-1), n])
+
+    def _check_state(self, state: torch.Tensor) -> torch.Tensor:
+        if not isinstance(state, torch.Tensor):
+            raise TypeError(f"state: expected a torch.Tensor, got {type(state).__name__}")
+        size = self.num_classes**2 + 1
+        if state.ndim not in (1, 2) or state.shape[-1] != size:
+            raise ValueError(f"state: expected shape ({size},) or (P, {size}) for {self.num_classes} classes, "
+                             f"got {tuple(state.shape)}")
+        if state.is_floating_point() or state.is_complex() or state.dtype == torch.bool:
+            raise TypeError(f"state: expected an integer tensor, got {state.dtype}")
+        s = state.to(torch.int64)
+        return s.sum(dim=0) if s.ndim == 2 else s
+
+    def load_state(self, state: torch.Tensor) -> None:
+        """Replace everything accumulated by ``state`` (from :meth:`state`, or a stack of them, summed)."""
+        s = self._check_state(state)
+        self.reset()
+        self._add_state(s)
+
+    def merge_state(self, state: torch.Tensor) -> None:
+        """Add another accumulator's :meth:`state` to this one."""
+        self._add_state(self._check_state(state))
+
+    def _add_state(self, s: torch.Tensor) -> None:
+        c = self.num_classes
+        conf = s[: c * c].reshape(c, c)
+        n = int(s[c * c])
+        if n < 0 or bool((conf < 0).any()):
+            raise ValueError("state: negative counts")
+        if self._conf is None:
+            self._conf = conf.clone()
+            self._stats = _neutral_stats(conf.device)
+        else:
+            self._conf += conf.to(self._conf.device)
+        self._n_images += n
+
+    # ---- results
+    def compute(self) -> dict[str, float]:
+        """pixel_accuracy, mean_accuracy, miou, mean_dice, fw_iou and iou/<name> per class (see the
+        class docstring). Raises RuntimeError if nothing was added, ValueError on out-of-range labels."""
+        if self._n_images == 0:
+            raise RuntimeError("MulticlassSegmentationMetrics.compute(): no images; call update() first")
+        return multiclass_scores(self._checked(), self._keys)

@@ -37,8 +37,12 @@ __all__ = [
     "save_overlay",
     "save_prediction_grid",
     "save_learning_curves",
+    "plot_runs",
     "save_threshold_curve",
     "save_sample_grid",
+    "label_palette",
+    "colorize_labels",
+    "save_multiclass_samples",
 ]
 
 DPI = 100
@@ -435,6 +439,167 @@ def save_learning_curves(
     return _save_figure(fig, path)
 
 
+# metrics.csv columns that are x axes or bookkeeping in `plot_runs`, never a panel of their own
+_RUN_X_COLUMNS = ("epoch", "step", "time_s")
+
+
+def _read_run_metrics(run: str | os.PathLike) -> tuple[Path, list[str], list[dict]]:
+    """(metrics.csv path, its columns, its rows) of a run folder, or of a metrics.csv given directly."""
+    import csv
+
+    from unetlab.errors import UnetlabError
+
+    run = Path(run)
+    if not run.exists():
+        raise UnetlabError(f"{run}: no such run folder; pass a folder written by `unetlab train` "
+                           "(it holds metrics.csv)")
+    path = run if run.is_file() else run / "metrics.csv"
+    if not path.is_file():
+        raise UnetlabError(f"{path}: not found, so {run} is not a training run or no epoch has finished yet; "
+                           "pass a run folder written by `unetlab train` once it has logged an epoch")
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [row for row in reader]
+            columns = [c for c in (reader.fieldnames or []) if c]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UnetlabError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); pass the metrics.csv or "
+                           "run folder that `unetlab train` wrote") from exc
+    if not columns or not rows:
+        raise UnetlabError(f"{path}: empty, no epoch logged yet; wait until the run has finished an epoch "
+                           "or pass another run")
+    if "epoch" not in columns:
+        raise UnetlabError(f"{path}: not a metrics.csv of `unetlab train` (no 'epoch' column, columns are "
+                           f"{', '.join(columns[:8])}); pass a run folder written by `unetlab train`")
+    return path, columns, rows
+
+
+def _unique_run_labels(folders: Sequence[Path]) -> list[str]:
+    """Folder names; where two coincide, as many parent folders as it takes; the same folder twice gets (2)."""
+    parts = [Path(os.path.abspath(f)).parts for f in folders]
+    depth = [1] * len(parts)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        grow = [i for i, label in enumerate(labels) if depth[i] < len(parts[i])
+                and any(other == label and parts[j] != parts[i] for j, other in enumerate(labels))]
+        if not grow:
+            break
+        for i in grow:
+            depth[i] += 1
+    seen: dict[str, int] = {}
+    unique = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        unique.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return unique
+
+
+def plot_runs(
+    run_dirs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    metrics: Sequence[str] | None = None,
+    x: str = "epoch",
+) -> Path:
+    """Learning curves of one or more runs in one PNG, to compare runs (or training phases).
+
+    Each run is a folder written by `unetlab train` (or its metrics.csv). One panel per metric,
+    one line per run in the same colour in every panel, labelled with the run folder's name (with
+    parent folders where two names coincide). Default panels: ``loss`` (train/loss dashed and
+    val/loss solid together), then every ``val/*`` metric logged by any run, then ``lr`` on a log
+    axis. `metrics` picks panels by name: ``loss`` or any logged column (``val/iou``, ``lr``,
+    ``train/images_per_s``...; ``iou`` is short for ``val/iou``). `x` is ``epoch`` or ``time``
+    (minutes since the start of training, from the ``time_s`` column). Blank and NaN values are
+    skipped. Written atomically (temp file + rename); returns `out`.
+
+    Raises `UnetlabError` naming the path for a missing run folder or a missing, empty or
+    unreadable metrics.csv, and listing the available names for an unknown metric.
+    """
+    from unetlab.errors import UnetlabError
+
+    if x not in ("epoch", "time"):
+        raise UnetlabError(f"x: {x!r} is not an x axis; choose epoch or time")
+    run_dirs = list(run_dirs)
+    if not run_dirs:
+        raise UnetlabError("plot_runs: no run given; pass at least one run folder")
+    runs = []  # (label, csv path, columns, rows)
+    for run in run_dirs:
+        path, columns, rows = _read_run_metrics(run)
+        if x == "time" and "time_s" not in columns:
+            raise UnetlabError(f"{path}: has no time_s column, so it cannot be drawn against time; use x=epoch")
+        runs.append((path, columns, rows))
+    labels = _unique_run_labels([path.parent for path, _, _ in runs])
+
+    # Every column with at least one finite value in some run, in the order the runs logged them.
+    logged: dict[str, None] = {}
+    for _, columns, rows in runs:
+        for column in columns:
+            if column not in _RUN_X_COLUMNS and any(math.isfinite(_to_float(r.get(column))) for r in rows):
+                logged.setdefault(column, None)
+    has_loss = "train/loss" in logged or "val/loss" in logged
+    available = (["loss"] if has_loss else []) + list(logged)
+    if metrics is None:
+        panels = (["loss"] if has_loss else []) + [c for c in logged if c.startswith("val/") and c != "val/loss"]
+        panels += ["lr"] if "lr" in logged else []
+        if not panels:
+            panels = list(logged)
+    else:
+        panels = []
+        for name in metrics:
+            name = str(name).strip()
+            if name not in available and f"val/{name}" in logged:
+                name = f"val/{name}"
+            if name not in available:
+                where = "this run" if len(runs) == 1 else "any of these runs"
+                raise UnetlabError(f"metrics: {name!r} is not logged by {where}; available: "
+                                   f"{', '.join(available) or 'none'}")
+            if name not in panels:
+                panels.append(name)
+    if not panels:
+        raise UnetlabError(f"{runs[0][0]}: no metric has a value to plot; pass a run that has logged an epoch")
+
+    def series(rows: list[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
+        xs = np.array([_to_float(r.get("time_s" if x == "time" else "epoch")) for r in rows], dtype=np.float64)
+        if x == "time":
+            xs = xs / 60.0
+        ys = np.array([_to_float(r.get(column)) for r in rows], dtype=np.float64)
+        ok = np.isfinite(xs) & np.isfinite(ys)
+        return xs[ok], ys[ok]
+
+    ncols = 2 if len(panels) == 4 else min(3, len(panels))  # 2x2 beats 3+1 with a hole
+    nrows = math.ceil(len(panels) / ncols)
+    fig = Figure(figsize=(4.4 * ncols, 3.2 * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax, panel in zip(axes, panels):
+        columns = [("train/loss", "--", " train"), ("val/loss", "-", " val")] if panel == "loss" else [(panel, "-", "")]
+        all_x, all_y = [], []
+        for n, ((_, _, rows), label) in enumerate(zip(runs, labels)):
+            for column, style, suffix in columns:
+                xs, ys = series(rows, column)
+                if xs.size == 0:
+                    continue
+                ax.plot(xs, ys, style, color=f"C{n % 10}", marker="o" if xs.size <= 30 else None, markersize=3,
+                        linewidth=1.4, label=label + (suffix if len(columns) > 1 else ""))
+                all_x.append(xs)
+                all_y.append(ys)
+        if panel == "lr" and all_y and (np.concatenate(all_y) > 0).all():
+            ax.set_yscale("log")
+        ax.set_title("learning rate" if panel == "lr" else panel, fontsize=10)
+        ax.set_xlabel("epoch" if x == "epoch" else "time (min)", fontsize=9)
+        if x == "epoch":
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if all_x:
+            xs = np.concatenate(all_x)
+            if xs.min() == xs.max():  # one point: matplotlib would zoom to a meaningless range
+                pad = 1.0 if x == "epoch" else max(abs(xs.min()) * 0.1, 0.1)
+                ax.set_xlim(xs.min() - pad, xs.max() + pad)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    return _save_figure(fig, out)
+
+
 def save_threshold_curve(
     path: str | os.PathLike,
     thresholds: Sequence[float],
@@ -511,4 +676,154 @@ def save_sample_grid(
             _contour(ax, m, PRED_COLOR, linewidth=1.1)
         if labels is not None:
             ax.set_title(textwrap.shorten(str(labels[k]), 28, placeholder="…"), fontsize=8)
+    return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- label maps (multiclass)
+
+# SegNet's 11-class CamVid colours, by class name; the class order is CAMVID_CLASSES in
+# unetlab.data.formats.camvid (which defines no colours). Unlabelled (11) is black there too.
+_CAMVID_COLOURS = {
+    "Sky": (128, 128, 128), "Building": (128, 0, 0), "Pole": (192, 192, 128), "Road": (128, 64, 128),
+    "Pavement": (60, 40, 222), "Tree": (128, 128, 0), "SignSymbol": (192, 128, 128), "Fence": (64, 64, 128),
+    "Car": (64, 0, 128), "Pedestrian": (64, 64, 0), "Bicyclist": (0, 128, 192),
+}
+IGNORE_COLOR = (0, 0, 0)  # ignored pixels in label maps; no palette colour is black
+_MAX_PALETTE = (1 << 24) - 1
+
+
+def _bitmap_palette(indices: np.ndarray) -> np.ndarray:
+    """Pascal VOC's colour map: the bits of each index spread over R, G, B from the top bit down.
+    Injective for indices below 2**24; index 0 is black."""
+    idx = indices.astype(np.int64)
+    out = np.zeros(idx.shape + (3,), dtype=np.int64)
+    for j in range(8):
+        for ch in range(3):
+            out[..., ch] |= ((idx >> (3 * j + ch)) & 1) << (7 - j)
+    return out.astype(np.uint8)
+
+
+def label_palette(num_classes: int) -> np.ndarray:
+    """uint8 (C, 3): one distinct colour per class, the same every call, never black (black is
+    :data:`IGNORE_COLOR`, for ignored pixels).
+
+    11 classes: SegNet's CamVid colours in ``CAMVID_CLASSES`` order (Sky grey, Building dark red,
+    Road purple, Car dark violet, ...). Otherwise the Pascal VOC colour map shifted by one (class k
+    gets VOC's colour for index k + 1, so class 0 is not black): distinct for any C < 2**24.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be an int, got {num_classes!r}")
+    if not 1 <= int(num_classes) <= _MAX_PALETTE:
+        raise ValueError(f"num_classes must be in 1..{_MAX_PALETTE}, got {num_classes}")
+    if int(num_classes) == 11:
+        from unetlab.data.formats.camvid import CAMVID_CLASSES  # lazy: viz stays import-light
+
+        return np.array([_CAMVID_COLOURS[name] for name in CAMVID_CLASSES], dtype=np.uint8)
+    return _bitmap_palette(np.arange(1, int(num_classes) + 1))
+
+
+def colorize_labels(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
+    """RGB uint8 (H, W, 3): each pixel of the class-index ``mask`` (H, W) in its ``palette`` colour
+    ((C, 3), 0..255), pixels equal to ``ignore_index`` black.
+
+    Integer, bool (0/1) or float masks (rounded: augmented label maps). A value that is neither a
+    class 0..C-1 nor ``ignore_index`` (e.g. 255 without ``ignore_index=255``) is a ValueError.
+    """
+    pal = np.asarray(palette)
+    if pal.ndim != 2 or pal.shape[1] != 3 or pal.shape[0] == 0:
+        raise ValueError(f"palette must be (C, 3) with C >= 1, got shape {pal.shape}")
+    if np.any(pal < 0) or np.any(pal > 255):
+        raise ValueError("palette values must be in 0..255")
+    pal = pal.astype(np.uint8)
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] == 1:
+        m = m[:, :, 0]
+    if m.ndim != 2:
+        raise ValueError(f"label mask must be 2-D (H, W), got shape {m.shape}")
+    if m.dtype == bool:
+        m = m.astype(np.int64)
+    elif np.issubdtype(m.dtype, np.floating):
+        m = np.rint(m)
+    elif not np.issubdtype(m.dtype, np.integer):
+        raise TypeError(f"label mask must hold class indices, got dtype {m.dtype}")
+    ignored = (m == ignore_index) if ignore_index is not None else np.zeros(m.shape, dtype=bool)
+    bad = ~ignored & ~((m >= 0) & (m < len(pal)))  # NaN is bad too
+    if bad.any():
+        value = m[bad].flat[0]
+        hint = "" if ignore_index is not None else "; pass ignore_index for the ignore label"
+        raise ValueError(f"label value {value} is not a class in 0..{len(pal) - 1}{hint}")
+    out = pal[np.where(ignored, 0, m).astype(np.intp)]
+    out[ignored] = IGNORE_COLOR
+    return out
+
+
+def save_multiclass_samples(
+    path: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray | None],
+    preds: Sequence[np.ndarray | None],
+    class_names: Sequence[str],
+    ignore_index: int | None = None,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """One row per sample: image | ground truth | prediction, label maps in :func:`label_palette`
+    colours (ignored pixels black), with a legend of the class colours below.
+
+    ``images``: grey or RGB; ``truths``/``preds``: class-index maps (H, W) of the image's size (None
+    shows a placeholder); ``titles``: optional row labels, left of each row. Label maps are drawn
+    with nearest-neighbour interpolation, so every pixel keeps an exact palette colour.
+    """
+    images, truths, preds = list(images), list(truths), list(preds)
+    if not images:
+        raise ValueError("save_multiclass_samples needs at least one image")
+    if len(truths) != len(images) or len(preds) != len(images):
+        raise ValueError(f"{len(images)} images, {len(truths)} truths and {len(preds)} predictions: need one each")
+    if titles is not None and len(titles) != len(images):
+        raise ValueError(f"{len(images)} images but {len(titles)} titles")
+    names = [str(n) for n in class_names]
+    if not names:
+        raise ValueError("class_names: need at least one class")
+    palette = label_palette(len(names))
+
+    from matplotlib.patches import Patch
+
+    first = _as_image(images[0])
+    cell_w = 2.0
+    cell_h = float(np.clip(cell_w * first.shape[0] / first.shape[1], 0.8, 3.0))
+    entries = [(name, palette[k]) for k, name in enumerate(names)]
+    if ignore_index is not None:
+        entries.append((f"ignored ({ignore_index})", np.asarray(IGNORE_COLOR)))
+    legend_cols = min(len(entries), 4)
+    legend_rows = math.ceil(len(entries) / legend_cols)
+    labels = [_wrap_label(t) for t in titles] if titles is not None else None
+    longest = max((len(line) for lab in labels or [] for line in lab.split("\n")), default=0)
+    left = min(0.2 + 0.07 * longest, 2.0) if longest else 0.0
+    fig = Figure(
+        figsize=(left + 3 * cell_w + 0.2, len(images) * (cell_h + 0.08) + 0.45 + 0.22 * legend_rows + 0.1),
+        layout="constrained",
+    )
+    axes = fig.subplots(len(images), 3, squeeze=False)
+    for i, (image, truth, pred) in enumerate(zip(images, truths, preds)):
+        img = _as_image(image)
+        for j, (col, labels_map) in enumerate((("image", None), ("ground truth", truth), ("prediction", pred))):
+            ax = axes[i, j]
+            _plain(ax)
+            if j == 0:
+                _show_image(ax, img, cell_w * DPI)
+            elif labels_map is None:
+                ax.imshow(np.full(img.shape[:2] + (3,), 245, dtype=np.uint8))  # same box as the maps
+                _blank(ax, f"no {col}")
+            else:
+                rgb = colorize_labels(labels_map, palette, ignore_index)
+                if rgb.shape[:2] != img.shape[:2]:
+                    raise ValueError(f"row {i}: {col} shape {rgb.shape[:2]} does not match image shape {img.shape[:2]}")
+                ax.imshow(rgb, interpolation="nearest")  # never blend two classes into a third colour
+            if i == 0:
+                ax.set_title(col, fontsize=9)
+        if labels is not None and labels[i]:
+            axes[i, 0].set_ylabel(labels[i], fontsize=8, rotation=0, ha="right", va="center")
+    handles = [Patch(facecolor=np.asarray(c, dtype=np.float64) / 255.0, edgecolor="0.6", label=name)
+               for name, c in entries]
+    fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, fontsize=8, frameon=False,
+               handlelength=1.2, columnspacing=1.0)
     return _save_figure(fig, path)

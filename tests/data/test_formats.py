@@ -16,7 +16,7 @@ from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.registry import FORMATS, read_dataset
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.formats.tgs import BinaryDataset
+from unetlab.data.formats.tgs import ArrayDataset
 from unetlab.data.io import read_image, read_index_mask
 from unetlab.errors import DataError
 
@@ -353,7 +353,7 @@ def test_isbi_cells_and_membranes(tmp_path):
     membranes = read_isbi(tmp_path, foreground=0)
     np.testing.assert_array_equal(membranes.masks[0], label == 0)
     data = membranes.to_binary_dataset()
-    assert isinstance(data, BinaryDataset) and data.images.shape == (4, 8, 8) and data.masks.dtype == bool
+    assert isinstance(data, ArrayDataset) and data.images.shape == (4, 8, 8) and data.masks.dtype == bool
 
 
 def test_isbi_stacks_and_errors(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetlab.data.formats.tgs import BinaryDataset, list_pairs, load_tgs, read_depths
+from unetlab.data.formats.tgs import ArrayDataset, list_pairs, load_tgs, read_depths
 from unetlab.data.rle import rle_decode
 from unetlab.data.synthetic import write_tgs_dataset
 from unetlab.errors import DataError
@@ -50,13 +50,13 @@ def raises_naming(path: Path | str, *, match: str | None = None):
 
 
 @pytest.fixture(scope="module")
-def dataset(tgs_dir) -> BinaryDataset:
+def dataset(tgs_dir) -> ArrayDataset:
     return load_tgs(tgs_dir)
 
 
 def test_load_shapes_and_dtypes(dataset, tgs_dir, tgs_info):
     TGS_N, TGS_SIZE = tgs_info["n"], tgs_info["size"]
-    assert isinstance(dataset, BinaryDataset)
+    assert isinstance(dataset, ArrayDataset)
     assert len(dataset) == TGS_N
     assert dataset.images.shape == (TGS_N, TGS_SIZE, TGS_SIZE) and dataset.images.dtype == np.uint8
     assert dataset.masks.shape == (TGS_N, TGS_SIZE, TGS_SIZE) and dataset.masks.dtype == bool

@@ -56,7 +56,7 @@ class BatchAugment:
         return images, masks
 
 
-IGNORED = 2  # label of ignored pixels while a binary mask travels through a kornia preset
+IGNORED = 255  # label of ignored pixels while a mask travels through a kornia preset (above any class index)
 
 
 def build_batch_augment(cfg: AugmentConfig):
@@ -84,6 +84,7 @@ def build_batch_augment(cfg: AugmentConfig):
             return images, masks, None
         labels = torch.where(valid.bool(), masks, torch.full_like(masks, IGNORED)).long()
         images, labels = with_ignore(images, labels, generator)  # pixels from outside become IGNORED too
-        return images, (labels == 1).float(), labels != IGNORED
+        ignored = labels == IGNORED
+        return images, torch.where(ignored, torch.zeros_like(labels), labels).float(), ~ignored
 
     return run_kornia

@@ -451,7 +451,7 @@ def _walk_folders(col: _Collector, root: Path, options: dict[str, Any]) -> None:
                                  "data set need the same channels: convert them or pass --set-option channels=N",
                         "channels")
     if len(col.sizes) > 1:
-        col.problem("warning", f"{image_dir}: {len(col.sizes)} image sizes; binary training (BinaryDataset) needs "
+        col.problem("warning", f"{image_dir}: {len(col.sizes)} image sizes; binary training (ArrayDataset) needs "
                                "one size: resize or crop the images first", "size")
 
 

@@ -19,7 +19,7 @@ def images_to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> 
 
 
 def masks_to_tensor(masks: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
-    """bool (N, H, W) -> float32 0/1 (N, 1, H, W)."""
+    """bool (N, H, W) -> float32 0/1 (N, 1, H, W); class indices (uint8) -> their float values."""
     return torch.from_numpy(np.ascontiguousarray(masks)).to(device)[:, None].float()
 
 

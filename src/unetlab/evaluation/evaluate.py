@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from unetlab.data.formats.registry import load_for_config
-from unetlab.data.formats.tgs import BinaryDataset
+from unetlab.data.formats.tgs import ArrayDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
 from unetlab.engine.checkpoint import resolve_checkpoint
@@ -31,7 +31,7 @@ def _run_dir(run: Path) -> Path:
     return run if run.is_dir() else run.parent.parent
 
 
-def _choose_indices(run_dir: Path, dataset: BinaryDataset, split: str) -> tuple[str, dict[str, np.ndarray]]:
+def _choose_indices(run_dir: Path, dataset: ArrayDataset, split: str) -> tuple[str, dict[str, np.ndarray]]:
     """Index sets by name; 'auto' is the run's validation split when the data holds its ids, else all."""
     everything = np.arange(len(dataset))
     split_file = run_dir / "split.json"
@@ -49,7 +49,7 @@ def _choose_indices(run_dir: Path, dataset: BinaryDataset, split: str) -> tuple[
     return split, sets
 
 
-def _row(dataset: BinaryDataset, index: int, prob: np.ndarray, threshold: float, group: str) -> dict:
+def _row(dataset: ArrayDataset, index: int, prob: np.ndarray, threshold: float, group: str) -> dict:
     truth, pred = dataset.masks[index], prob > threshold
     union = np.logical_or(truth, pred).sum()
     iou = np.logical_and(truth, pred).sum() / union if union else 1.0
@@ -57,7 +57,7 @@ def _row(dataset: BinaryDataset, index: int, prob: np.ndarray, threshold: float,
     return {"image": dataset.images[index], "truth": truth, "prediction": pred, "probability": prob, "label": label}
 
 
-def _figure_indices(indices: np.ndarray, dataset: BinaryDataset, count: int, seed: int) -> np.ndarray:
+def _figure_indices(indices: np.ndarray, dataset: ArrayDataset, count: int, seed: int) -> np.ndarray:
     """A reproducible sample that shows both empty and salt images when the set has them."""
     rng = np.random.default_rng(seed)
     if len(indices) <= count:
@@ -107,7 +107,7 @@ def write_report(run_dir: Path) -> Path:
 def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", threshold: float | None = None,
              tta: str | None = None, which: str = "best", figure_samples: int = 6,
              log: Callable[[str], None] = print, command: str | None = None,
-             dataset: BinaryDataset | None = None) -> dict:
+             dataset: ArrayDataset | None = None) -> dict:
     """Score checkpoint `which` of `run` on `data_root`; write JSON, report.md and figures into the run."""
     run = Path(run)
     checkpoint = resolve_checkpoint(run, which)

@@ -23,9 +23,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    """bf16 / fp16 autocast on `device`, or nothing for fp32 (fp16 is only offered on CUDA)."""
+    if precision in _AUTOCAST_DTYPES:
+        return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
     return contextlib.nullcontext()
 
 

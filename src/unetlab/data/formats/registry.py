@@ -13,8 +13,8 @@ from unetlab.data.formats.folders import read_folders
 from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.formats.tgs import BinaryDataset, load_tgs
-from unetlab.errors import DataError
+from unetlab.data.formats.tgs import ArrayDataset, load_tgs
+from unetlab.errors import ConfigError, DataError
 
 
 def read_tgs(root: str | Path) -> SegmentationSamples:
@@ -54,27 +54,32 @@ def read_dataset(format: str, root: str | Path, **options) -> SegmentationSample
     return FORMATS[key](root, **options)
 
 
-def load_binary(format: str, root: str | Path, options: dict | None = None, cache: bool = True,
-                size: int | None = None, channels: int = 1) -> BinaryDataset:
-    """What the binary trainer, evaluate and the demo read: bool masks, a `valid` map where the
+def load_arrays(format: str, root: str | Path, options: dict | None = None, cache: bool = True,
+                size: int | None = None, channels: int = 1, task: str = "binary") -> ArrayDataset:
+    """What the trainer, evaluate and the demo read: bool (binary) or class-index masks, a `valid` map where the
     format has an ignore label, images resized to `size` only when their sizes differ.
 
     With `cache`, files are decoded once into a memory-mapped cache (`unetlab.data.cache`) and later
     runs only map it; without, they are decoded every time.
     """
     if not cache:
-        if format.strip().lower() == "tgs" and not options and channels == 1:
+        if format.strip().lower() == "tgs" and not options and channels == 1 and task == "binary":
             return load_tgs(root)
         samples = read_dataset(format, root, **(options or {}))
     else:
         from unetlab.data.cache import cached_read_dataset
 
         samples = cached_read_dataset(format, root, **(options or {}))
-    return samples.to_binary_dataset(size=size, channels=channels)
+    return samples.to_array_dataset(task, size=size, channels=channels)
 
 
-def load_for_config(config, root: str | Path) -> BinaryDataset:
-    """`load_binary` with a run config's data section and input channels (`unetlab.config.Config`)."""
+def load_for_config(config, root: str | Path) -> ArrayDataset:
+    """`load_arrays` with a run config's data section and input channels (`unetlab.config.Config`)."""
     data = config.data
     size = data.input_size if data.sizing == "resize" else None
-    return load_binary(data.format, root, data.options, data.cache, size=size, channels=config.model.in_channels)
+    dataset = load_arrays(data.format, root, data.options, data.cache, size=size, channels=config.model.in_channels,
+                          task=config.task)
+    if config.task == "multiclass" and dataset.num_classes != config.model.classes:
+        raise ConfigError(f"model.classes is {config.model.classes} but {root} has {dataset.num_classes} classes "
+                          f"({', '.join(dataset.class_names[:12])}); use --set model.classes={dataset.num_classes}")
+    return dataset

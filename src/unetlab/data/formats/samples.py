@@ -93,24 +93,31 @@ class SegmentationSamples:
         return self
 
     def to_binary_dataset(self, size: int | None = None, channels: int = 1):
-        """A `BinaryDataset` (uint8 images, bool masks = mask > 0) for the binary pipeline.
+        """An `ArrayDataset` for the binary task (bool masks = mask > 0); see `to_array_dataset`."""
+        return self.to_array_dataset("binary", size, channels)
 
-        Needs a binary task (2 classes). Pixels labelled `ignore_index` become `valid == False`
-        (they count in no loss and no metric). Images of different sizes are resized to
-        `size` x `size` (bilinear; masks nearest) when `size` is given, else refused.
-        `channels` 1 reduces RGB to luminance (exactly when the channels are equal); 3 keeps RGB
-        (grey is repeated).
+    def to_array_dataset(self, task: str = "binary", size: int | None = None, channels: int = 1):
+        """An `ArrayDataset` of one image size for the trainer and evaluation.
+
+        binary: needs 2 classes; masks become bool (mask > 0). multiclass: masks stay uint8 class
+        indices. Pixels labelled `ignore_index` become `valid == False` (they count in no loss and
+        no metric) and hold 0 in the mask. Images of different sizes are resized to `size` x `size`
+        (bilinear; masks nearest) when `size` is given, else refused. `channels` 1 reduces RGB to
+        luminance (exactly when the channels are equal); 3 keeps RGB (grey is repeated).
         """
-        from unetlab.data.formats.tgs import BinaryDataset
+        from unetlab.data.formats.tgs import ArrayDataset
 
         self.check()
-        if not self.is_binary:
+        if task == "binary" and not self.is_binary:
             raise DataError(f"{self.root}: not a binary task ({self.num_classes} classes: "
-                            f"{', '.join(self.class_names[:12])}); a BinaryDataset needs 2 classes")
+                            f"{', '.join(self.class_names[:12])}); use --set task=multiclass "
+                            f"--set model.classes={self.num_classes}")
+        if task == "multiclass" and self.num_classes > 255:
+            raise DataError(f"{self.root}: {self.num_classes} classes; unetlab stores class indices as uint8 (< 256)")
         if not self.ids:
-            raise DataError(f"{self.root}: no samples; a BinaryDataset needs at least one image")
+            raise DataError(f"{self.root}: no samples; training needs at least one image")
         if channels not in (1, 3):
-            raise DataError(f"{self.root}: {channels} input channels; the binary pipeline reads grey (1) or RGB (3)")
+            raise DataError(f"{self.root}: {channels} input channels; the trainer reads grey (1) or RGB (3)")
         sizes = self.sizes()
         resize = len(set(sizes)) > 1
         if resize and size is None:
@@ -122,18 +129,20 @@ class SegmentationSamples:
         for k, (image, mask) in enumerate(zip(self.images, self.masks)):
             image = _grey(image, self._where(k, "image")) if channels == 1 else _rgb(image, self._where(k, "image"))
             valid = np.ones(mask.shape, bool) if self.ignore_index is None else mask != self.ignore_index
-            foreground = (mask > 0) & valid
+            labels = ((mask > 0) & valid) if task == "binary" else np.where(valid, mask, 0).astype(np.uint8)
             if resize:
                 image = _resize(image, size, Image.BILINEAR)  # type: ignore[arg-type]
                 valid = _resize(valid.astype(np.uint8), size, Image.NEAREST) > 0  # type: ignore[arg-type]
-                foreground = _resize(foreground.astype(np.uint8), size, Image.NEAREST) > 0  # type: ignore[arg-type]
+                resized = _resize(labels.astype(np.uint8), size, Image.NEAREST)  # type: ignore[arg-type]
+                labels = resized > 0 if task == "binary" else resized
             images.append(image)
-            masks.append(foreground)
+            masks.append(labels)
             valids.append(valid)
         depths = {i: float(self.meta[i]["depth"]) for i in self.ids if "depth" in self.meta.get(i, {})}
         valid_all = np.stack(valids)
-        return BinaryDataset(ids=list(self.ids), images=np.stack(images), masks=np.stack(masks), depths=depths,
-                             root=self.root, valid=None if valid_all.all() else valid_all)
+        return ArrayDataset(ids=list(self.ids), images=np.stack(images), masks=np.stack(masks), depths=depths,
+                            root=self.root, valid=None if valid_all.all() else valid_all,
+                            class_names=list(self.class_names))
 
 
 def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:
@@ -161,7 +170,7 @@ def _grey(image: np.ndarray, where: str) -> np.ndarray:
             return np.ascontiguousarray(rgb[..., 0])
         weights = np.array([299, 587, 114], dtype=np.uint32)  # ITU-R 601-2, as Pillow's convert("L")
         return ((rgb.astype(np.uint32) @ weights + 500) // 1000).astype(np.uint8)
-    raise DataError(f"{where}: image has {image.shape[-1]} channels; a BinaryDataset holds grey images: "
+    raise DataError(f"{where}: image has {image.shape[-1]} channels; a ArrayDataset holds grey images: "
                     "select the band(s) to use first")
 
 

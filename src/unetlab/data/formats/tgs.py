@@ -20,15 +20,24 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 
 @dataclass
-class BinaryDataset:
-    """A decoded binary-segmentation data set held in memory (TGS is ~30 MB as uint8)."""
+class ArrayDataset:
+    """A decoded data set held in memory as arrays of one size (TGS is ~30 MB as uint8).
+
+    Binary tasks: bool masks (salt / foreground). Multiclass: uint8 class indices, where pixels
+    under the ignore label hold 0 and are False in `valid`.
+    """
 
     ids: list[str]
     images: np.ndarray  # uint8 (N, H, W) grey or (N, H, W, C)
-    masks: np.ndarray  # bool (N, H, W)
+    masks: np.ndarray  # bool (N, H, W) for binary, uint8 class indices (N, H, W) for multiclass
     depths: dict[str, float] = field(default_factory=dict)
     root: Path | None = None
     valid: np.ndarray | None = None  # bool (N, H, W): pixels that count; None = all (no ignore label)
+    class_names: list[str] = field(default_factory=lambda: ["background", "salt"])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
 
     @property
     def channels(self) -> int:
@@ -113,7 +122,7 @@ def read_rle_csv(path: Path) -> dict[str, str]:
         return {row["id"]: row["rle_mask"] or "" for row in reader}
 
 
-def load_tgs(root: str | Path) -> BinaryDataset:
+def load_tgs(root: str | Path) -> ArrayDataset:
     """Decode every image/mask pair under `root` into memory.
 
     Masks come from masks/*.png; when that folder is absent, from the run-length column of
@@ -141,5 +150,5 @@ def load_tgs(root: str | Path) -> BinaryDataset:
         if mask.shape != image.shape:
             raise DataError(f"{mask_paths[i]}: mask size {mask.shape[::-1]} differs from its image's "
                             f"{image.shape[::-1]}")
-    return BinaryDataset(ids=ids, images=np.stack(images), masks=np.stack(masks),
+    return ArrayDataset(ids=ids, images=np.stack(images), masks=np.stack(masks),
                          depths=read_depths(root / "depths.csv"), root=root)

@@ -1,0 +1,87 @@
+"""The task switch (`task: binary | multiclass`) as two small named pieces.
+
+Everything that differs between a one-logit sigmoid task and a C-logit softmax task lives here:
+the activation, how predictions are decoded, the metrics accumulator, the split strata, the keys
+a log line shows and the colours of a figure. The trainer, evaluation and prediction ask the task
+instead of branching on its name.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from unetlab.data.formats.tgs import ArrayDataset
+from unetlab.data.splits import coverage_classes, dominant_class_strata
+from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics
+
+
+class BinaryTask:
+    """One logit per pixel; probability = sigmoid; foreground where probability > threshold."""
+
+    name = "binary"
+    summary_keys = ("val/iou", "val/tgs_map")
+    strata_name = "salt coverage"
+
+    def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5):
+        self.class_names = list(class_names or ["background", "salt"])
+        self.threshold = threshold
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, 1, H, W) float32 foreground probabilities."""
+        return torch.sigmoid(logits.float())
+
+    def decode(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """(N, H, W) uint8 labels: 1 where probability > threshold."""
+        return (probs[:, 0] > (self.threshold if threshold is None else threshold)).to(torch.uint8)
+
+    def new_metrics(self) -> BinarySegmentationMetrics:
+        return BinarySegmentationMetrics(self.threshold)
+
+    def update_metrics(self, metrics: Any, probs: torch.Tensor, truth: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> None:
+        metrics.update(probs, truth, threshold=self.threshold, valid=valid)
+
+    def strata(self, dataset: ArrayDataset, bins: int) -> np.ndarray:
+        return coverage_classes(dataset.coverage, bins)
+
+
+class MulticlassTask:
+    """C logits per pixel; probabilities = softmax; label = argmax. Ignored pixels count nowhere."""
+
+    name = "multiclass"
+    summary_keys = ("val/miou", "val/pixel_accuracy")
+    strata_name = "dominant class"
+
+    def __init__(self, class_names: list[str], threshold: float = 0.5):
+        self.class_names = list(class_names)
+        self.threshold = threshold  # unused: argmax decides
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) float32 class probabilities."""
+        return torch.softmax(logits.float(), dim=1)
+
+    def decode(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+        """(N, H, W) uint8 class indices."""
+        return probs.argmax(dim=1).to(torch.uint8)
+
+    def new_metrics(self) -> MulticlassSegmentationMetrics:
+        return MulticlassSegmentationMetrics(len(self.class_names), self.class_names)
+
+    def update_metrics(self, metrics: Any, probs: torch.Tensor, truth: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> None:
+        metrics.update(probs, truth, valid=valid)
+
+    def strata(self, dataset: ArrayDataset, bins: int) -> np.ndarray:
+        return dominant_class_strata(list(dataset.masks), len(self.class_names))
+
+
+TASKS: dict[str, Callable[..., BinaryTask | MulticlassTask]] = {"binary": BinaryTask, "multiclass": MulticlassTask}
+
+
+def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5) -> BinaryTask | MulticlassTask:
+    if name == "multiclass" and not class_names:
+        raise ValueError("task multiclass needs the class names of the data")
+    return TASKS[name](class_names, threshold)
