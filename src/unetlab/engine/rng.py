@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 
-def capture_rng(generator: torch.Generator) -> dict[str, Any]:
+def capture_rng(generators: dict[str, torch.Generator]) -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "generator": generator.get_state(),
+        "generators": {name: g.get_state() for name, g in generators.items()},
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
         "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -23,9 +23,10 @@ def capture_rng(generator: torch.Generator) -> dict[str, Any]:
     return state
 
 
-def restore_rng(state: dict[str, Any], generator: torch.Generator) -> None:
+def restore_rng(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
     torch.set_rng_state(state["torch"])
-    generator.set_state(state["generator"])
+    for name, g in generators.items():
+        g.set_state(state["generators"][name])
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     version, internal, gauss = state["python"]

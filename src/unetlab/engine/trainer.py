@@ -452,7 +452,10 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
     averaging = build_averaging(cfg.train.averaging, model, cfg.train.ema_decay, cfg.train.swa_start)
     scaler = torch.amp.GradScaler("cuda") if cfg.train.precision == "fp16" else None
     augment = build_batch_augment(cfg.augment)
-    generator = torch.Generator().manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)  # the epoch permutation: the same on every rank
+    # Each rank augments its own images with its own random draws.
+    augment_generator = torch.Generator().manual_seed(cfg.seed + 7919 * (world.rank + 1))
+    generators = {"order": generator, "augment": augment_generator}
     step_model: nn.Module = model
     if world.active:
         step_model = nn.parallel.DistributedDataParallel(
@@ -472,7 +475,7 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
         if scaler is not None and resumed.get("scaler_state"):
             scaler.load_state_dict(resumed["scaler_state"])
         state = LoopState(**resumed["loop_state"])
-        restore_rng(resumed["rng_state"], generator)
+        restore_rng(resumed["rng_state"], generators)
         _repair_best(run_dir, resumed, state)
     metrics = task.new_metrics()
     logbook = None
@@ -531,7 +534,8 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
                 first = (step * world.size + world.rank) * batch_size
                 batch = order[first : first + batch_size]
                 images, masks, valid = augment(data.train_x[batch], data.train_y[batch].float(),
-                                               data.train_valid[batch] if data.has_ignore else None, generator)
+                                               data.train_valid[batch] if data.has_ignore else None,
+                                               augment_generator)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
                 loss = train_step(step_model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now,
                                   valid, cfg.optim.grad_clip_norm, scaler)
@@ -630,7 +634,7 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
                     **payload, "optimizer_state": optimizer.state_dict(), "scheduler_state": scheduler.state_dict(),
                     "train_model_state": model.state_dict(), "averaging_state": averaging.state_dict(),
                     "scaler_state": scaler.state_dict() if scaler is not None else {},
-                    "loop_state": asdict(state), "rng_state": capture_rng(generator),
+                    "loop_state": asdict(state), "rng_state": capture_rng(generators),
                     "loss_class_weights": weights or []})
                 if marker:
                     save_checkpoint(run_dir / "checkpoints" / "best.pt", payload)
