@@ -21,9 +21,10 @@ from unetlab.engine.checkpoint import resolve_checkpoint
 from unetlab.errors import UnetlabError
 from unetlab.inference.predictor import Predictor
 from unetlab.metrics import BinarySegmentationMetrics, scores_over_thresholds
-from unetlab.viz import save_prediction_grid, save_threshold_curve
+from unetlab.viz import save_multiclass_samples, save_prediction_grid, save_threshold_curve
 
 METRIC_NAMES = ("tgs_map", "iou", "dice", "precision", "recall", "pixel_accuracy", "mean_image_iou")
+MULTICLASS_METRIC_NAMES = ("miou", "pixel_accuracy", "mean_accuracy", "mean_dice", "fw_iou")
 SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
 
 
@@ -89,16 +90,24 @@ def write_report(run_dir: Path) -> Path:
     for path in sorted((run_dir / "evaluation").glob("*.json")):
         result = json.loads(path.read_text())
         rows.append(result)
+    multiclass = any(r.get("task") == "multiclass" for r in rows)
+    names = MULTICLASS_METRIC_NAMES if multiclass else METRIC_NAMES
     lines = ["# Evaluation report", "", f"Run: `{run_dir}`", "",
-             "| checkpoint | epoch | split | images | threshold | TTA | " + " | ".join(METRIC_NAMES) + " |",
-             "|---" * (6 + len(METRIC_NAMES)) + "|"]
+             "| checkpoint | epoch | split | images | threshold | TTA | " + " | ".join(names) + " |",
+             "|---" * (6 + len(names)) + "|"]
     for r in rows:
-        values = " | ".join(f"{r['metrics'][k]:.4f}" for k in METRIC_NAMES)
-        lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['split']} | {r['images']} | {r['threshold']:.2f} | "
+        values = " | ".join(f"{r['metrics'].get(k, float('nan')):.4f}" for k in names)
+        threshold = "argmax" if r.get("task") == "multiclass" else f"{r['threshold']:.2f}"
+        lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['split']} | {r['images']} | {threshold} | "
                      f"{r['tta']} | {values} |")
-    lines += ["", "TGS metric: per image, precision averaged over IoU thresholds 0.50..0.95 (an image with no "
-              "salt scores 1 when nothing is predicted, else 0); mean over images. IoU, Dice, precision and "
-              "recall are over all salt pixels of the set; salt where probability > threshold.", ""]
+    if multiclass:
+        lines += ["", "mIoU: mean over classes of TP / (TP + FP + FN) over all labelled pixels of the set (a class "
+                  "in neither truth nor prediction is left out); ignored pixels count nowhere. Per-class IoU is in "
+                  "each evaluation/*.json.", ""]
+    else:
+        lines += ["", "TGS metric: per image, precision averaged over IoU thresholds 0.50..0.95 (an image with no "
+                  "salt scores 1 when nothing is predicted, else 0); mean over images. IoU, Dice, precision and "
+                  "recall are over all salt pixels of the set; salt where probability > threshold.", ""]
     for r in rows:
         lines.append(f"Command: `{r['command']}`")
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
@@ -121,6 +130,10 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         dataset = load_for_config(predictor.config, data_root)
     split, sets = _choose_indices(run_dir, dataset, split)
     indices = sets[split]
+    if predictor.task.name == "multiclass":
+        return _evaluate_multiclass(predictor, run_dir, dataset, data_root, split, sets, which, tta,
+                                    figure_samples, log, command or f"unetlab evaluate {run} --data {data_root} "
+                                    f"--split {split} --which {which}")
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)
     prob_t = torch.from_numpy(np.stack(probs))
     truth_t = torch.from_numpy(dataset.masks[indices])
@@ -167,5 +180,42 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         f"TTA {tta}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
     log(f"threshold sweep on this set: best TGS metric {float(sweep['tgs_map'][best_at]):.4f} at "
         f"{SWEEP[best_at]:.2f} (tune thresholds on validation data only)")
+    log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
+    return result
+
+
+def _evaluate_multiclass(predictor: Predictor, run_dir: Path, dataset: ArrayDataset, data_root: str | Path,
+                         split: str, sets: dict[str, np.ndarray], which: str, tta: str, figure_samples: int,
+                         log: Callable[[str], None], command: str) -> dict:
+    """Multiclass scoring: argmax labels, confusion-matrix metrics over labelled pixels, a colour figure."""
+    task = predictor.task
+    indices = sets[split]
+    metrics = task.new_metrics()
+    labels: list[np.ndarray] = []
+    for start in range(0, len(indices), 64):  # bounded memory: C probability maps per image
+        chunk = indices[start : start + 64]
+        probs = predictor.predict_proba([dataset.images[i] for i in chunk], tta=tta)
+        prob_t = torch.from_numpy(np.stack(probs))
+        valid_t = None if dataset.valid is None else torch.from_numpy(dataset.valid[chunk])
+        task.update_metrics(metrics, prob_t, torch.from_numpy(dataset.masks[chunk].astype(np.int64)), valid_t)
+        labels += [predictor.labels(p) for p in probs]
+    scores = metrics.compute()
+    confusion = metrics.confusion().tolist()
+    tag = f"{which}-{split}" + (f"-tta-{tta}" if tta != predictor.config.eval.tta else "")
+    shown = indices[: figure_samples]
+    truths = [np.where(dataset.valid[i], dataset.masks[i], 255) if dataset.valid is not None else dataset.masks[i]
+              for i in shown]
+    save_multiclass_samples(run_dir / "figures" / f"predictions-{tag}.png", [dataset.images[i] for i in shown],
+                            truths, labels[: len(shown)], task.class_names, ignore_index=255,
+                            titles=[dataset.ids[i] for i in shown])
+    result = {
+        "run": str(run_dir), "task": "multiclass", "checkpoint": which, "epoch": predictor.epoch,
+        "data": str(data_root), "split": split, "images": int(len(indices)), "threshold": None, "tta": tta,
+        "class_names": task.class_names, "metrics": scores, "confusion": confusion, "command": command,
+    }
+    atomic_write_text(run_dir / "evaluation" / f"{tag}.json", json.dumps(result, indent=1))
+    write_report(run_dir)
+    log(f"{which} checkpoint (epoch {predictor.epoch}) on {split} ({len(indices)} images), TTA {tta}: "
+        + "  ".join(f"{k} {scores[k]:.4f}" for k in MULTICLASS_METRIC_NAMES))
     log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
     return result

@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+
+import numpy as np
 from typing import Callable, Sequence
 
 
@@ -14,7 +16,14 @@ from unetlab.data.io import atomic_write_text, read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
 from unetlab.inference.predictor import Predictor
-from unetlab.viz import save_overlay
+from unetlab.metrics import tag_safe_name
+from unetlab.viz import colorize_labels, label_palette, save_overlay
+
+
+def _blend(image: np.ndarray, colours: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """Class colours laid over the image (grey or RGB) at `alpha`."""
+    rgb = np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+    return (rgb * (1 - alpha) + colours * alpha).round().astype(np.uint8)
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -49,6 +58,9 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     files = collect_images(inputs)
     channels = predictor.config.model.in_channels
+    multiclass = predictor.task.name == "multiclass"
+    class_names = predictor.task.class_names
+    palette = label_palette(len(class_names))
     out_dir = Path(out_dir)
     written: list[Path] = []
     rle_rows: list[tuple[str, str]] = []
@@ -58,15 +70,27 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
         images = [read_image(p, channels=channels) for p in batch]
         probs = predictor.predict_proba(images, batch_size=batch_size, tta=tta)
         for path, image, prob in zip(batch, images, probs):
+            if multiclass:
+                labels = predictor.labels(prob)
+                written.append(save_png(out_dir / "masks" / f"{path.stem}.png", labels))  # class indices
+                save_png(out_dir / "overlays" / f"{path.stem}.png", _blend(image, colorize_labels(labels, palette)))
+                shares = np.bincount(labels.ravel(), minlength=len(class_names)) / labels.size
+                rle_rows.append((path.stem, *(f"{share:.4f}" for share in shares)))
+                continue
             mask = prob > threshold
             written.append(save_png(out_dir / "masks" / f"{path.stem}.png", mask))
             save_overlay(out_dir / "overlays" / f"{path.stem}.png", image, mask)
             rle_rows.append((path.stem, rle_encode(mask)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["id", "rle_mask"])
+    writer.writerow(["id", *(f"share_{tag_safe_name(n)}" for n in class_names)] if multiclass else ["id", "rle_mask"])
     writer.writerows(rle_rows)
     atomic_write_text(out_dir / "predictions.csv", buffer.getvalue())
+    if multiclass:
+        log(f"predicted {len(files)} image(s) into {len(class_names)} classes; class-index masks in "
+            f"{out_dir / 'masks'}, colour overlays in {out_dir / 'overlays'}, class shares in "
+            f"{out_dir / 'predictions.csv'}")
+        return written
     salt = sum(1 for _, rle in rle_rows if rle)
     log(f"predicted {len(files)} image(s) at threshold {threshold:.2f}: {salt} with salt; "
         f"masks in {out_dir / 'masks'}, overlays in {out_dir / 'overlays'}, RLE in {out_dir / 'predictions.csv'}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +15,14 @@ from unetlab.data.sizing import Sizing
 from unetlab.data.tensors import images_to_tensor, normalize
 from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
 from unetlab.models import create_model
+from unetlab.tasks import build_task
+
+
+def _default_class_names(config: Config) -> list[str]:
+    # Checkpoints written before class names were stored: binary salt, or numbered classes.
+    if config.task == "binary":
+        return ["background", "salt"]
+    return [f"class_{k}" for k in range(config.model.classes)]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,19 +43,22 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 @torch.no_grad()
 def forward_probs(model: nn.Module, x: torch.Tensor, precision: str = "fp32",
-                  channels_last: bool = False) -> torch.Tensor:
-    """Sigmoid probabilities (float32) for normalised, model-sized inputs."""
+                  channels_last: bool = False, activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+    """Probabilities (float32) for normalised, model-sized inputs: sigmoid, or the task's `activation`."""
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with autocast(x.device, precision):
-        return torch.sigmoid(model(x).float()).float()
+        logits = model(x)
+    return (activation or torch.sigmoid)(logits.float()).float()
 
 
 @torch.no_grad()
 def predict_batch(model: nn.Module, images: torch.Tensor, sizing: Sizing, mean: Sequence[float],
                   std: Sequence[float], precision: str = "fp32", tta: str = "none",
-                  channels_last: bool = False) -> torch.Tensor:
-    """Images in [0, 1] (N, C, H, W) at their own size -> probabilities (N, 1, H, W).
+                  channels_last: bool = False, activation: Callable[[torch.Tensor], torch.Tensor] | None = None
+                  ) -> torch.Tensor:
+    """Images in [0, 1] (N, C, H, W) at their own size -> probabilities (N, 1 or classes, H, W).
 
     Test-time flips are applied to the original image, before sizing, so that the result is
     exactly mirror-symmetric even when padding is not (101 -> 128 pads 13 and 14 pixels).
@@ -55,7 +66,7 @@ def predict_batch(model: nn.Module, images: torch.Tensor, sizing: Sizing, mean: 
     height, width = images.shape[-2:]
 
     def once(x: torch.Tensor) -> torch.Tensor:
-        probs = forward_probs(model, normalize(sizing.images(x), mean, std), precision, channels_last)
+        probs = forward_probs(model, normalize(sizing.images(x), mean, std), precision, channels_last, activation)
         return sizing.restore(probs, height, width)
 
     probs = once(images)
@@ -68,8 +79,10 @@ class Predictor:
     """A model with its sizing, normalisation and threshold, as stored in a checkpoint."""
 
     def __init__(self, model: nn.Module, config: Config, mean: Sequence[float], std: Sequence[float],
-                 threshold: float, device: torch.device, epoch: int | None = None):
+                 threshold: float, device: torch.device, epoch: int | None = None,
+                 class_names: list[str] | None = None):
         self.model = model.to(device).eval()
+        self.task = build_task(config.task, class_names or _default_class_names(config), threshold)
         self.epoch = epoch
         self.config, self.mean, self.std = config, list(mean), list(std)
         self.threshold, self.device = threshold, device
@@ -91,7 +104,7 @@ class Predictor:
         model = create_model(config.model.name, **options)
         model.load_state_dict(payload["model_state"])
         return cls(model, config, payload["mean"], payload["std"], float(payload["threshold"]),
-                   resolve_device(device), epoch=payload.get("epoch"))
+                   resolve_device(device), epoch=payload.get("epoch"), class_names=payload.get("class_names"))
 
     def _batches(self, images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
         # Batch images of equal size together, so mixed-size folders still run batched.
@@ -104,13 +117,20 @@ class Predictor:
 
     def predict_proba(self, images: Sequence[np.ndarray], batch_size: int = 32,
                       tta: str | None = None) -> list[np.ndarray]:
-        """uint8 images (H, W) of any sizes -> float32 salt probabilities at each image's own size."""
+        """uint8 images of any sizes -> float32 probabilities at each image's own size: (H, W) of the
+        foreground for binary tasks, (classes, H, W) for multiclass."""
         tta = self.config.eval.tta if tta is None else tta
         out: list[np.ndarray | None] = [None] * len(images)
         for indices in self._batches(images, batch_size):
             x = images_to_tensor(np.stack([images[i] for i in indices]), self.device)
             probs = predict_batch(self.model, x, self.sizing, self.mean, self.std, self.precision, tta,
-                                  self.channels_last)[:, 0].cpu().numpy()
+                                  self.channels_last, self.task.probabilities)
+            probs = (probs[:, 0] if self.task.name == "binary" else probs).cpu().numpy()
             for slot, prob in zip(indices, probs):
                 out[slot] = prob
         return out  # type: ignore[return-value]
+
+    def labels(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
+        """One image's probabilities from `predict_proba` -> uint8 (H, W) labels (binary: 0/1 at the threshold)."""
+        batch = torch.from_numpy(probs[None, None] if probs.ndim == 2 else probs[None])
+        return self.task.decode(batch, self.threshold if threshold is None else threshold)[0].numpy()
