@@ -27,7 +27,8 @@ class DataConfig(_Section):
     cache: bool = Field(True, description="decode files once into a memory-mapped cache beside the data")
     root: Optional[str] = None
     input_size: int = Field(128, ge=8, description="side of the square the model sees")
-    sizing: Literal["pad", "resize"] = "pad"
+    sizing: Literal["pad", "resize", "native"] = Field(
+        "pad", description="pad / resize to input_size, or native: keep the images' own size (all equal)")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
     coverage_bins: int = Field(10, ge=1, description="salt-coverage classes for the stratified split")
     split_file: Optional[str] = Field(None, description="reuse an earlier run's split.json (or folds.json with folds)")
@@ -201,6 +202,8 @@ class AugmentConfig(_Section):
     scale: float = Field(0.0, ge=0.0, le=0.5, description="max relative zoom in or out")
     brightness: float = Field(0.0, ge=0.0, le=1.0)
     contrast: float = Field(0.0, ge=0.0, le=1.0)
+    crop: Optional[int] = Field(None, ge=8, description="train on random crops of this side (large images); "
+                                                        "validation and prediction see whole images")
 
 
 class TrainConfig(_Section):

@@ -112,3 +112,30 @@ def test_class_count_must_match_the_data(multiclass_dir, tmp_path):
     with pytest.raises(ConfigError, match="model.classes=3"):
         train(_config("model.classes=4"), data_root=multiclass_dir, run_dir=tmp_path / "r", progress=False,
               log=lambda _: None)
+
+
+def test_native_size_with_random_crops(multiclass_dir, tmp_path):
+    """Large images: train on random crops at native size, validate on whole images."""
+    result = train(_config("data.sizing=native", "augment.crop=32", "train.epochs=2"), data_root=multiclass_dir,
+                   run_dir=tmp_path / "crop", progress=False, log=lambda _: None)
+    assert result.epochs_run == 2
+    with pytest.raises(ConfigError, match="augment.crop"):
+        train(_config("data.sizing=native", "augment.crop=41"), data_root=multiclass_dir, run_dir=tmp_path / "big",
+              progress=False, log=lambda _: None)
+
+
+def test_random_crop_keeps_image_and_masks_aligned():
+    import torch
+
+    from unetlab.data.augment import random_crop
+
+    images = torch.arange(2 * 10 * 12, dtype=torch.float32).view(2, 1, 10, 12)
+    masks = images.clone()
+    valid = images > 50
+    generator = torch.Generator().manual_seed(0)
+    x, m, v = random_crop(images, masks, valid, 6, generator)
+    assert x.shape == (2, 1, 6, 6)
+    assert torch.equal(x, m) and torch.equal(v, x > 50)
+    for k in range(2):  # each crop is a contiguous window of its own image
+        top, left = divmod(int(x[k, 0, 0, 0]) - k * 120, 12)
+        assert torch.equal(x[k], images[k, :, top : top + 6, left : left + 6])

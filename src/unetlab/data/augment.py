@@ -56,6 +56,24 @@ class BatchAugment:
         return images, masks
 
 
+def random_crop(images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None, size: int,
+                generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """A random `size` x `size` window of each image (its own offset), the same window of its masks."""
+    height, width = images.shape[-2:]
+    if size > height or size > width:
+        raise ValueError(f"augment.crop={size} is larger than the images ({width}x{height}); "
+                         f"use at most {min(height, width)}")
+    n = images.shape[0]
+    tops = torch.randint(0, height - size + 1, (n,), generator=generator).tolist()
+    lefts = torch.randint(0, width - size + 1, (n,), generator=generator).tolist()
+
+    def cut(x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[k, :, t : t + size, l : l + size] for k, (t, l) in enumerate(zip(tops, lefts))])
+
+    return cut(images), cut(masks), None if valid is None else cut(valid)
+
+
 IGNORED = 255  # label of ignored pixels while a mask travels through a kornia preset (above any class index)
 
 

@@ -1,7 +1,9 @@
 """Bringing images to the model's input size and predictions back to the original size.
 
 `pad` reflect-pads (101 -> 128 for TGS: the model sees every original pixel unchanged; the
-best Kaggle solutions did this), `resize` interpolates (the seed's Keras kernel did this).
+best Kaggle solutions did this), `resize` interpolates (the seed's Keras kernel did this),
+`native` keeps each image's own size (the models pad to a multiple of their stride and crop back;
+large images then train on random crops, `augment.crop`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ import torch.nn.functional as F
 
 class Sizing:
     def __init__(self, mode: str, size: int):
-        if mode not in ("pad", "resize"):
-            raise ValueError(f"sizing mode must be 'pad' or 'resize', got {mode!r}")
+        if mode not in ("pad", "resize", "native"):
+            raise ValueError(f"sizing mode must be 'pad', 'resize' or 'native', got {mode!r}")
         self.mode, self.size = mode, size
 
     def _pads(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -30,18 +32,24 @@ class Sizing:
 
     def images(self, x: torch.Tensor) -> torch.Tensor:
         """Float images (N, C, H, W) -> model input size."""
+        if self.mode == "native":
+            return x
         if self.mode == "pad":
             return self._pad(x)
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
 
     def masks(self, m: torch.Tensor) -> torch.Tensor:
         """Float 0/1 masks (N, 1, H, W) -> model input size, kept binary."""
+        if self.mode == "native":
+            return m
         if self.mode == "pad":
             return self._pad(m)
         return F.interpolate(m, size=(self.size, self.size), mode="nearest")
 
     def restore(self, y: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Model-size outputs (N, C, S, S) -> the original (N, C, height, width)."""
+        if self.mode == "native":
+            return y
         if self.mode == "pad":
             left, _, top, _ = self._pads(height, width)
             return y[..., top : top + height, left : left + width]

@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.config import Config, config_from_dict, load_config
-from unetlab.data.augment import build_batch_augment
+from unetlab.data.augment import build_batch_augment, random_crop
 from unetlab.data.formats.registry import load_for_config
 from unetlab.data.formats.tgs import ArrayDataset
 from unetlab.data.io import atomic_write_text
@@ -326,6 +326,8 @@ class _Data:
         self.val_x = normalize(sizing.images(images_to_tensor(dataset.images[val_idx], device)), mean, std)
         self.val_y = sizing.masks(masks_to_tensor(dataset.masks[val_idx], device))
         self.val_truth = torch.from_numpy(dataset.masks[val_idx].astype(np.uint8)).to(device)
+        # Validation batches of about 64 images of 128x128: fewer when the images are large.
+        self.val_chunk = max(1, min(64, 64 * 128 * 128 // max(1, self.val_x.shape[-2] * self.val_x.shape[-1])))
         # Pixels under an ignore label: a second mask channel that follows every geometric transform.
         self.has_ignore = dataset.valid is not None
         self.train_valid = self.val_valid = self.val_truth_valid = None
@@ -435,6 +437,10 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
         mean, std = channel_stats(dataset.images[train_idx])
 
     data = _Data(cfg, dataset, train_idx, val_idx, mean, std, device, world)
+    sides = tuple(data.train_x.shape[-2:])
+    if cfg.augment.crop and cfg.augment.crop > min(sides):
+        raise ConfigError(f"bad value for 'augment.crop': {cfg.augment.crop} is larger than the training images "
+                          f"({sides[1]}x{sides[0]} after data.sizing); use at most {min(sides)}")
     memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     if cfg.model.options().get("norm") == "batch" and world.active and device.type == "cuda":
@@ -533,9 +539,11 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
             for step in range(steps_per_epoch):
                 first = (step * world.size + world.rank) * batch_size
                 batch = order[first : first + batch_size]
-                images, masks, valid = augment(data.train_x[batch], data.train_y[batch].float(),
-                                               data.train_valid[batch] if data.has_ignore else None,
-                                               augment_generator)
+                images, masks = data.train_x[batch], data.train_y[batch].float()
+                valid = data.train_valid[batch] if data.has_ignore else None
+                if cfg.augment.crop:
+                    images, masks, valid = random_crop(images, masks, valid, cfg.augment.crop, augment_generator)
+                images, masks, valid = augment(images, masks, valid, augment_generator)
                 images = normalize(images, mean, std).contiguous(memory_format=memory_format)
                 loss = train_step(step_model, optimizer, loss_fn, images, masks, cfg.train.precision, progress_now,
                                   valid, cfg.optim.grad_clip_norm, scaler)
@@ -569,11 +577,11 @@ def _train_loop(cfg: Config, run_dir: Path | None, runs_base: str | Path, progre
             val_loss = torch.zeros((), device=device)
             strip = None
             with torch.no_grad():
-                for start in range(0, len(data.val_x), 64):
-                    x = data.val_x[start : start + 64]
+                for start in range(0, len(data.val_x), data.val_chunk):
+                    x = data.val_x[start : start + data.val_chunk]
                     with autocast(device, cfg.train.precision):
                         logits = evaluated(x.contiguous(memory_format=memory_format))
-                    chunk = slice(start, start + 64)
+                    chunk = slice(start, start + data.val_chunk)
                     val_loss += loss_fn(logits, data.val_y[chunk], progress_now,
                                         data.val_valid[chunk] if data.has_ignore else None) * len(x)
                     probs = data.sizing.restore(task.probabilities(logits), data.height, data.width)
