@@ -81,7 +81,7 @@ def test_repo_tgs_config_loads():
     assert cfg.schedule.name == "onecycle"
     assert cfg.train.averaging == "ema"
     assert cfg.train.monitor == "val/tgs_map" and cfg.train.monitor_mode == "max"
-    assert cfg.eval.tta == "hflip"
+    assert cfg.eval.tta == "none"
     assert cfg.augment.vflip is False
 
 

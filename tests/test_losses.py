@@ -635,7 +635,7 @@ def test_options_reach_the_terms():
 
 
 def test_config_round_trip_and_overrides():
-    cfg = load_config(None, ["loss.terms=[{name: ce}, {name: dice, weight: 0.5}]"])
+    cfg = load_config(None, ["task=multiclass", "model.classes=3", "loss.terms=[{name: ce}, {name: dice, weight: 0.5}]"])
     assert cfg.loss.name is None and [t.name for t in cfg.loss.terms] == ["ce", "dice"]
     assert LossConfig.model_validate(cfg.loss.model_dump(mode="json")) == cfg.loss
     preset = LossConfig(name="ce_dice", class_weights=[1, 2])
@@ -773,7 +773,6 @@ def test_class_weight_length_refused():
     ("loss.terms=[{name: lovasz, start: 0.5}]", "loss.terms"),
     ("loss.terms=[]", "loss.terms"),
     ("loss.name=hinge", "loss.name"),
-    ("loss.name=null", "loss.name"),
     ("loss.class_weights=[1, -2]", "loss.class_weights"),
     ("loss.class_weights=mean", "loss.class_weights"),
     ("loss.dice_mode=pixel", "loss.dice_mode"),
@@ -791,7 +790,7 @@ def test_name_and_terms_together_refused():
         LossConfig(name="bce_dice", terms=[{"name": "bce"}])
     with pytest.raises(ConfigError, match="'loss.name'"):
         load_config(None, ["loss.name=ce", "loss.terms=[{name: ce}]"])
-    assert load_config(None, ["loss.name=null", "loss.terms=[{name: ce}]"]).loss.name is None
+    assert load_config(None, ["loss.name=null", "loss.terms=[{name: bce}]"]).loss.name is None
 
 
 def test_binary_only_options_refused_for_multiclass():
@@ -828,3 +827,11 @@ def test_logits_with_the_wrong_channels_refused():
     loss = build_loss(LossConfig(name="ce"), "multiclass", CLASSES)
     with pytest.raises(ValueError, match=r"\(N, 4, H, W\)"):
         loss(torch.zeros(1, 3, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
+def test_unset_name_is_the_task_default():
+    from unetlab.losses import loss_terms
+
+    assert [t.name for t in loss_terms(load_config(None, ["loss.name=null"]).loss)] == ["bce"]
+    multiclass = load_config(None, ["task=multiclass", "model.classes=4"])
+    assert [t.name for t in loss_terms(multiclass.loss, "multiclass")] == ["ce"]

@@ -61,7 +61,7 @@ from unetlab.config import Config
 from unetlab.engine.trainer import build_optimizer, seed_everything, train_step
 from unetlab.errors import ConfigError
 from unetlab.inference.predictor import autocast, resolve_device
-from unetlab.losses import LossFn, build_loss
+from unetlab.losses import LossFn, build_loss, loss_terms
 from unetlab.models import create_model
 
 SYNTHETIC = "default, synthetic tensors"
@@ -497,7 +497,7 @@ def bench_train(config: Config | None = None, size: int | None = None, batch_siz
         "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}", "device": str(dev),
         "model": cfg.model.model_dump(), "input": f"{batch_size}x{channels}x{size}x{size}",
-        "loss": cfg.loss.name, "steps_per_round": steps, "rounds": rounds,
+        "loss": "+".join(t.name for t in loss_terms(cfg.loss, cfg.task)), "steps_per_round": steps, "rounds": rounds,
         "images_per_s": medians, "samples": samples, "speedup": ratios[SYNTHETIC],
         "speedup_full_pipeline": ratios[PIPELINE],
         "ratio_to_naive": {SYNTHETIC: ratios[SYNTHETIC], PIPELINE: ratios[PIPELINE]},
