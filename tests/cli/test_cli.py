@@ -5,18 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from run_fixtures import TINY, run_cli
+from run_fixtures import TINY, assert_one_line_error, run_cli
 
 SET_TINY = [arg for item in TINY for arg in ("--set", item)]
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_train_evaluate_predict(tgs_dir, tmp_path, capsys):
@@ -79,58 +72,58 @@ def _train(data, tmp_path, capsys, *extra):
 
 def test_missing_data_folder(tmp_path, capsys):
     code, _, err = _train(tmp_path / "nowhere", tmp_path, capsys)
-    _one_line_error(code, err, str(tmp_path / "nowhere"), "not found")
+    assert_one_line_error(code, err, str(tmp_path / "nowhere"), "not found")
 
 
 def test_empty_data_folder(tmp_path, capsys):
     (tmp_path / "data" / "train" / "images").mkdir(parents=True)
     code, _, err = _train(tmp_path / "data", tmp_path, capsys)
-    _one_line_error(code, err, "images", "empty")
+    assert_one_line_error(code, err, "images", "empty")
 
 
 def test_mask_without_its_image(tgs_copy, tmp_path, capsys):
     victim = sorted((tgs_copy / "train" / "images").glob("*.png"))[0]
     victim.unlink()
     code, _, err = _train(tgs_copy, tmp_path, capsys)
-    _one_line_error(code, err, victim.stem, "mask without its image")
+    assert_one_line_error(code, err, victim.stem, "mask without its image")
 
 
 def test_corrupt_png(tgs_copy, tmp_path, capsys):
     victim = sorted((tgs_copy / "train" / "images").glob("*.png"))[3]
     victim.write_bytes(victim.read_bytes()[:60])
     code, _, err = _train(tgs_copy, tmp_path, capsys)
-    _one_line_error(code, err, str(victim), "corrupt")
+    assert_one_line_error(code, err, str(victim), "corrupt")
 
 
 def test_unknown_config_key_and_bad_value(tgs_dir, tmp_path, capsys):
     code, _, err = _train(tgs_dir, tmp_path, capsys, "--set", "train.epoch=3")
-    _one_line_error(code, err, "train.epoch", "unknown")
+    assert_one_line_error(code, err, "train.epoch", "unknown")
     code, _, err = _train(tgs_dir, tmp_path, capsys, "--set", "data.sizing=stretch")
-    _one_line_error(code, err, "data.sizing")
+    assert_one_line_error(code, err, "data.sizing")
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  widht: 8\n")
     code, _, err = run_cli(["train", "--data", str(tgs_dir), "--config", str(bad)], capsys)
-    _one_line_error(code, err, str(bad), "model.widht")
+    assert_one_line_error(code, err, str(bad), "model.widht")
     code, _, err = run_cli(["train", "--data", str(tgs_dir), "--config", str(tmp_path / "none.yaml")], capsys)
-    _one_line_error(code, err, "none.yaml", "not found")
+    assert_one_line_error(code, err, "none.yaml", "not found")
 
 
 def test_predict_and_evaluate_bad_inputs(tiny_run, tgs_dir, tmp_path, capsys):
     code, _, err = run_cli(["predict", str(tmp_path), str(tgs_dir), "--out", str(tmp_path / "o")], capsys)
-    _one_line_error(code, err, "checkpoints/best.pt")
+    assert_one_line_error(code, err, "checkpoints/best.pt")
     code, _, err = run_cli(["predict", str(tiny_run), str(tmp_path / "nothing.png"), "--out", str(tmp_path / "o")],
                            capsys)
-    _one_line_error(code, err, "nothing.png")
+    assert_one_line_error(code, err, "nothing.png")
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     code, _, err = run_cli(["predict", str(tiny_run), str(broken), "--out", str(tmp_path / "o")], capsys)
-    _one_line_error(code, err, str(broken))
+    assert_one_line_error(code, err, str(broken))
     code, _, err = run_cli(["evaluate", str(tiny_run), "--data", str(tgs_dir), "--split", "test"], capsys)
-    _one_line_error(code, err, "--split")
+    assert_one_line_error(code, err, "--split")
     fake = tmp_path / "fake.pt"
     fake.write_bytes(b"nope")
     code, _, err = run_cli(["predict", str(fake), str(tgs_dir), "--out", str(tmp_path / "o")], capsys)
-    _one_line_error(code, err, "fake.pt")
+    assert_one_line_error(code, err, "fake.pt")
 
 
 def test_bad_option_values_are_refused_by_the_parser(tmp_path, capsys):
@@ -146,7 +139,7 @@ def test_models_lists_every_registered_model(capsys):
     for name in list_models():
         assert name in out
     code, _, err = run_cli(["models", "--size", "64xfoo"], capsys)
-    _one_line_error(code, err, "--size")
+    assert_one_line_error(code, err, "--size")
 
 
 def test_bench_models_times_a_chosen_model(tmp_path, capsys):
@@ -157,7 +150,7 @@ def test_bench_models_times_a_chosen_model(tmp_path, capsys):
     row = json.loads(out.read_text())["rows"][0]
     assert row["model"] == "fcn-small" and row["train_images_per_s"] > 0 and row["receptive_field"] == 9
     code, _, err = run_cli(["bench", "models", "--model", "nope"], capsys)
-    _one_line_error(code, err, "--model nope")
+    assert_one_line_error(code, err, "--model nope")
 
 
 def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
@@ -167,17 +160,17 @@ def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert target.is_file() and "diff" in out
     code, _, err = run_cli(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")], capsys)
-    _one_line_error(code, err, "--format")
+    assert_one_line_error(code, err, "--format")
 
 
 def test_data_download_unknown_name_and_kaggle_missing(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["data", "download", "imagenet", str(tmp_path / "x")], capsys)
-    _one_line_error(code, err, "imagenet")
+    assert_one_line_error(code, err, "imagenet")
     import shutil
 
     monkeypatch.setattr(shutil, "which", lambda _name: None)
     code, _, err = run_cli(["data", "download", "tgs-salt", str(tmp_path / "tgs")], capsys)
-    _one_line_error(code, err, "kaggle")
+    assert_one_line_error(code, err, "kaggle")
 
 
 def test_augment_preview_writes_a_grid(tgs_dir, tmp_path, capsys):
@@ -188,4 +181,4 @@ def test_augment_preview_writes_a_grid(tgs_dir, tmp_path, capsys):
     assert code == 0, err
     assert Image.open(out).size[0] > 100 and "preset seismic" in text
     code, _, err = run_cli(["augment-preview", str(tgs_dir), "--out", str(out), "--preset", "wild"], capsys)
-    _one_line_error(code, err, "--preset wild")
+    assert_one_line_error(code, err, "--preset wild")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from run_fixtures import run_cli
+from run_fixtures import assert_one_line_error, run_cli
 
 from unetlab.errors import UnetlabError
 from unetlab.viz import plot_runs
@@ -36,13 +36,6 @@ def _png(path):
     return size
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 def test_plot_one_run_writes_a_png(tmp_path, capsys):
@@ -126,7 +119,7 @@ def test_plot_metrics_filter_picks_the_panels(tmp_path, monkeypatch):
 def test_plot_missing_run_folder(tmp_path, capsys):
     missing = tmp_path / "nowhere"
     code, _, err = run_cli(["plot", str(missing), "--out", str(tmp_path / "x.png")], capsys)
-    _one_line_error(code, err, str(missing), "unetlab train")
+    assert_one_line_error(code, err, str(missing), "unetlab train")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -135,7 +128,7 @@ def test_plot_folder_without_metrics_csv(tmp_path, capsys):
     folder = tmp_path / "not-a-run"
     folder.mkdir()
     code, _, err = run_cli(["plot", str(good), str(folder), "--out", str(tmp_path / "x.png")], capsys)
-    _one_line_error(code, err, str(folder / "metrics.csv"), "not found")
+    assert_one_line_error(code, err, str(folder / "metrics.csv"), "not found")
     assert not (tmp_path / "x.png").exists()
 
 
@@ -145,7 +138,7 @@ def test_plot_empty_metrics_csv(tmp_path, capsys, content):
     folder.mkdir()
     (folder / "metrics.csv").write_text(content)
     code, _, err = run_cli(["plot", str(folder), "--out", str(tmp_path / "x.png")], capsys)
-    _one_line_error(code, err, str(folder / "metrics.csv"), "empty")
+    assert_one_line_error(code, err, str(folder / "metrics.csv"), "empty")
 
 
 @pytest.mark.parametrize("content", [b"\xff\xfe\x00garbage\x80\x81\n\x00\x01\n", b"hello;world\n1;2\n"])
@@ -154,24 +147,24 @@ def test_plot_unreadable_metrics_csv(tmp_path, capsys, content):
     folder.mkdir()
     (folder / "metrics.csv").write_bytes(content)
     code, _, err = run_cli(["plot", str(folder), "--out", str(tmp_path / "x.png")], capsys)
-    _one_line_error(code, err, str(folder / "metrics.csv"))
+    assert_one_line_error(code, err, str(folder / "metrics.csv"))
     assert "pass" in err
 
 
 def test_plot_unknown_metric_lists_the_available_ones(tmp_path, capsys):
     run = _run(tmp_path / "r")
     code, _, err = run_cli(["plot", str(run), "--out", str(tmp_path / "x.png"), "--metrics", "loss,val/nope"], capsys)
-    _one_line_error(code, err, "val/nope", "available: loss, lr, train/loss, val/loss, val/iou, val/tgs_map")
+    assert_one_line_error(code, err, "val/nope", "available: loss, lr, train/loss, val/loss, val/iou, val/tgs_map")
 
 
 def test_plot_bad_x_and_time_without_time_column(tmp_path, capsys):
     run = _run(tmp_path / "r")
     code, _, err = run_cli(["plot", str(run), "--out", str(tmp_path / "x.png"), "--x", "step"], capsys)
-    _one_line_error(code, err, "--x step")
+    assert_one_line_error(code, err, "--x step")
     old = tmp_path / "old"
     old.mkdir()
     (old / "metrics.csv").write_text("epoch,train/loss,val/loss\n1,0.5,0.6\n")
     code, _, err = run_cli(["plot", str(old), "--out", str(tmp_path / "x.png"), "--x", "time"], capsys)
-    _one_line_error(code, err, str(old / "metrics.csv"), "time_s")
+    assert_one_line_error(code, err, str(old / "metrics.csv"), "time_s")
     with pytest.raises(UnetlabError, match="no run"):
         plot_runs([], tmp_path / "x.png")

@@ -49,26 +49,22 @@ class Plateau(Schedule):
         self.inner.load_state_dict(state)
 
 
-class Cosine(Schedule):
-    """Cosine decay with linear warm-up, driven by training progress in [0, 1].
+class ProgressSchedule(Schedule):
+    """A learning rate = base * factor(progress), set every step from training progress in [0, 1].
 
     Progress is the larger of the share of planned steps done and the share of the time budget
-    spent, so a run cut short by `train.max_minutes` still anneals its learning rate to the end.
+    spent, so a run cut short by `train.max_minutes` still follows its schedule to the end.
     """
 
     per_step = True
 
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, floor: float):
-        self.optimizer, self.warmup, self.floor = optimizer, warmup, floor
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.progress = 0.0
-        self.step(0.0)
 
-    def factor(self, progress: float) -> float:
-        if progress < self.warmup:
-            return self.floor + (1.0 - self.floor) * progress / self.warmup
-        rest = min((progress - self.warmup) / max(1.0 - self.warmup, 1e-12), 1.0)
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+    def factor(self, progress: float) -> float:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def step(self, value: float | None = None) -> None:
         self.progress = float(value or 0.0)
@@ -84,28 +80,30 @@ class Cosine(Schedule):
         self.step(state["progress"])
 
 
-class Step(Schedule):
+class Cosine(ProgressSchedule):
+    """Cosine decay to `floor` (a share of the base rate) after a linear warm-up (one-cycle: 30 %)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup: float, floor: float):
+        super().__init__(optimizer)
+        self.warmup, self.floor = warmup, floor
+        self.step(0.0)
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup:
+            return self.floor + (1.0 - self.floor) * progress / self.warmup
+        rest = min((progress - self.warmup) / max(1.0 - self.warmup, 1e-12), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+class Step(ProgressSchedule):
     """Multiply the learning rate by `factor` at each milestone (a share of training progress)."""
 
-    per_step = True
-
     def __init__(self, optimizer: torch.optim.Optimizer, milestones: list[float], factor: float):
-        self.optimizer, self.milestones, self.factor = optimizer, sorted(milestones), factor
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
-        self.progress = 0.0
+        super().__init__(optimizer)
+        self.milestones, self.drop = sorted(milestones), factor
 
-    def step(self, value: float | None = None) -> None:
-        self.progress = float(value or 0.0)
-        scale = self.factor ** sum(self.progress >= m for m in self.milestones)
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * scale
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"progress": self.progress, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base_lrs = list(state["base_lrs"])
-        self.step(state["progress"])
+    def factor(self, progress: float) -> float:
+        return self.drop ** sum(progress >= m for m in self.milestones)
 
 
 def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Schedule:
