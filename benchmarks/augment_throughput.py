@@ -1,11 +1,9 @@
-"""Augmentation images/s on this machine: kornia presets beside the existing BatchAugment.
+"""Augmentation images/s on this machine: the kornia presets the trainer uses.
 
     python benchmarks/augment_throughput.py [--rounds 5 --steps 10 --device cpu --threads N --out bench.json]
 
-Three cases, each the median over rounds of `steps` calls (after one warm-up call):
+Two cases, each the median over rounds of `steps` calls (after one warm-up call):
 - seismic preset (kornia) on a TGS-like batch 32x1x128x128, binary float masks;
-- unetlab.data.augment.BatchAugment on the same batch (hflip, shift 0.1, scale 0.1,
-  brightness 0.1, contrast 0.1: the closest match of the seismic preset it can express);
 - photographic preset (kornia) on 16x3x256x256 with int64 class masks and ignore_index 255.
 """
 
@@ -19,8 +17,6 @@ import time
 
 import torch
 
-from unetlab.config import AugmentConfig
-from unetlab.data.augment import BatchAugment
 from unetlab.data.augment_kornia import PRESETS, build_augmentation
 
 
@@ -70,10 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     photo_i, photo_m = tgs_like_batch(16, 3, 256, 5, seed=1)
     photo_i, photo_m = photo_i.to(device), photo_m.to(device)
 
-    legacy = BatchAugment(AugmentConfig(hflip=True, vflip=False, shift=0.1, scale=0.1, brightness=0.1, contrast=0.1))
     cases = {
         "seismic (kornia) 32x1x128x128": (build_augmentation(PRESETS["seismic"], None), seis_i, seis_m),
-        "BatchAugment (existing) 32x1x128x128": (legacy, seis_i, seis_m),
         "photographic (kornia) 16x3x256x256": (build_augmentation(PRESETS["photographic"], 255), photo_i, photo_m),
     }
     results = {}

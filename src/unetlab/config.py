@@ -194,17 +194,31 @@ class ScheduleConfig(_Section):
 
 
 class AugmentConfig(_Section):
-    preset: Literal["builtin", "seismic", "photographic", "none"] = Field(
-        "builtin", description="builtin = the fields below; else a kornia preset (see unetlab augment-preview)")
-    hflip: bool = True
-    vflip: bool = False  # seismic depth has a direction
-    shift: float = Field(0.0, ge=0.0, le=0.5, description="max translation as a share of the side")
-    scale: float = Field(0.0, ge=0.0, le=0.5, description="max relative zoom in or out")
-    brightness: float = Field(0.0, ge=0.0, le=1.0)
-    contrast: float = Field(0.0, ge=0.0, le=1.0)
+    """A kornia preset (`unetlab augment-preview` shows one) with any of its common fields overridden.
+
+    Every field left unset (null) keeps the preset's value: `preset: seismic` alone is horizontal
+    flips, ±10 % shift and zoom, brightness/contrast ±0.1 and a little Gaussian noise.
+    """
+
+    preset: Literal["seismic", "photographic", "none"] = Field(
+        "seismic", description="seismic (grey), photographic (RGB: the full set), none")
+    hflip: Optional[bool] = Field(None, description="horizontal flips (probability 0.5)")
+    vflip: Optional[bool] = Field(None, description="vertical flips; seismic depth has a direction")
+    shift: Optional[float] = Field(None, ge=0.0, le=0.5, description="max translation as a share of the side")
+    scale: Optional[float] = Field(None, ge=0.0, le=0.5, description="max relative zoom in or out")
+    brightness: Optional[float] = Field(None, ge=0.0, le=1.0)
+    contrast: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    noise: Optional[float] = Field(None, ge=0.0, le=1.0, description="std of added Gaussian noise (0 = off)")
     crop: Optional[int] = Field(None, ge=8, description="train on random crops of this side (large images); "
                                                         "validation and prediction see whole images")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _migrate(cls, data: Any) -> Any:
+        # unetlab 0.2's `builtin` engine took exactly its fields; the same fields on preset none do the same.
+        if isinstance(data, dict) and data.get("preset") == "builtin":
+            data = {**data, "preset": "none"}
+        return data
 
 class TrainConfig(_Section):
     epochs: int = Field(100, ge=1)

@@ -7,11 +7,16 @@ import pytest
 import torch
 
 from unetlab.config import AugmentConfig
-from unetlab.data.augment import BatchAugment
+from unetlab.data.augment import augment_settings, build_batch_augment
 from unetlab.data.sizing import Sizing
 from unetlab.data.tensors import channel_stats, images_to_tensor, masks_to_tensor, normalize
 
-OFF = dict(hflip=False, vflip=False, shift=0.0, scale=0.0, brightness=0.0, contrast=0.0)
+OFF = dict(preset="none", hflip=False, vflip=False, shift=0.0, scale=0.0, brightness=0.0, contrast=0.0, noise=0.0)
+
+
+def BatchAugment(cfg: AugmentConfig):  # noqa: N802 - the trainer's augmentation, without an ignore map
+    run = build_batch_augment(cfg)
+    return lambda images, masks, generator=None: run(images, masks, None, generator)[:2]
 
 
 def rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -120,7 +125,7 @@ def test_resize_masks_nearest_keeps_binary():
     assert abs(up.mean().item() - m.mean().item()) < 0.02
 
 
-# ----------------------------------------------------------------------------- BatchAugment
+# ----------------------------------------------------------------------------- build_batch_augment
 
 
 def test_augment_all_off_returns_inputs_unchanged():
@@ -128,7 +133,7 @@ def test_augment_all_off_returns_inputs_unchanged():
     images, masks = rand(4, 1, 16, 16), blob_masks(4, 16)
     out_i, out_m = aug(images, masks, torch.Generator().manual_seed(0))
     assert torch.equal(out_i, images) and torch.equal(out_m, masks)
-    assert not aug.geometric
+    assert augment_settings(AugmentConfig(**OFF)).identity
 
 
 def test_augment_hflip_only_flips_whole_samples_together():
@@ -189,13 +194,12 @@ def test_augment_brightness_contrast_only_change_images():
     out_i, out_m = aug(images, masks, torch.Generator().manual_seed(0))
     assert torch.equal(out_m, masks)
     assert not torch.equal(out_i, images)
-    # per sample: an affine map of the pixel values, gain within 1 +- contrast
+    # per sample: a monotone map of the pixel values (gain and offset, clipped to [0, 1])
+    assert 0.0 <= out_i.min().item() and out_i.max().item() <= 1.0
     for k in range(4):
-        x, y = images[k].flatten(), out_i[k].flatten()
-        gain = ((y - y.mean()) @ (x - x.mean())) / ((x - x.mean()) @ (x - x.mean()))
-        assert 0.7 - 1e-4 <= gain.item() <= 1.3 + 1e-4
-        torch.testing.assert_close(y, (x - x.mean()) * gain + y.mean(), atol=1e-5, rtol=0)
-        assert abs((y.mean() - x.mean()).item()) <= 0.2 + 1e-5
+        order = images[k].flatten().argsort()
+        y = out_i[k].flatten()[order]
+        assert (y[1:] - y[:-1] >= -1e-6).all()
 
 
 def test_augment_deterministic_with_same_generator_seed():

@@ -206,7 +206,7 @@ def test_mixed_size_rgb_data_with_an_ignored_border_trains_evaluates_and_predict
                   run_dir=tmp_path / "run2", progress=False, log=lambda _: None)
 
 
-@pytest.mark.parametrize("preset", ["builtin", "seismic", "photographic"])
+@pytest.mark.parametrize("preset", ["none", "seismic", "photographic"])
 def test_every_augmentation_pipeline_keeps_ignored_pixels_apart(preset):
     from unetlab.config import AugmentConfig
     from unetlab.data.augment import build_batch_augment
@@ -220,3 +220,27 @@ def test_every_augmentation_pipeline_keeps_ignored_pixels_apart(preset):
     assert set(out_masks.unique().tolist()) <= {0.0, 1.0}
     _, plain_masks, none = augment(images, masks, None, torch.Generator().manual_seed(0))
     assert none is None and plain_masks.shape == masks.shape
+
+
+def test_old_builtin_augment_config_migrates_to_preset_none_with_its_fields():
+    from unetlab.config import AugmentConfig
+    from unetlab.data.augment import augment_settings
+
+    old = AugmentConfig.model_validate({"preset": "builtin", "hflip": True, "vflip": False, "shift": 0.1,
+                                        "scale": 0.1, "brightness": 0.0, "contrast": 0.0})
+    settings = augment_settings(old)
+    assert old.preset == "none"
+    assert settings.hflip == 0.5 and settings.shift == 0.1 and settings.scale == (0.9, 1.1)
+    assert settings.noise_p == 0.0 and settings.brightness == 0.0
+
+
+def test_multiclass_labels_survive_augmentation_with_ignore():
+    from unetlab.config import AugmentConfig
+    from unetlab.data.augment import build_batch_augment
+
+    augment = build_batch_augment(AugmentConfig(preset="seismic", shift=0.2))
+    masks = torch.randint(0, 5, (4, 1, 32, 32)).float()
+    valid = torch.rand(4, 1, 32, 32) > 0.1
+    _, out_masks, out_valid = augment(torch.rand(4, 1, 32, 32), masks, valid, torch.Generator().manual_seed(0))
+    assert set(out_masks.unique().tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0}
+    assert not out_valid.all()  # pixels from outside the shifted image are ignored, not labelled

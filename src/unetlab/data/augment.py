@@ -1,59 +1,18 @@
 """Batched augmentation on the training device: tensors in, tensors out, no per-image Python.
 
-`augment.preset` names the pipeline: `builtin` (this module's BatchAugment, driven by the
-augment.* fields: flips, shift/zoom, brightness/contrast; the measured TGS recipe uses it) or one
-of the kornia presets of `augment_kornia` (`seismic`, `photographic`, `none`).
-`build_batch_augment` hides the difference from the trainer, ignored pixels included.
+One engine: the kornia presets of `augment_kornia` (`seismic`, `photographic`, `none`), with the
+config's common fields (`augment.hflip`, `shift`, ...) overriding the preset's values.
+`build_batch_augment` carries ignored pixels through (as a label that pixels from outside the image
+take too) and returns them as a `valid` map; `random_crop` cuts training windows of large images.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
-import torch.nn.functional as F
 
 from unetlab.config import AugmentConfig
-
-
-class BatchAugment:
-    def __init__(self, cfg: AugmentConfig):
-        self.cfg = cfg
-
-    @property
-    def geometric(self) -> bool:
-        return self.cfg.shift > 0 or self.cfg.scale > 0
-
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """images float (N, C, H, W), masks float 0/1 (N, 1, H, W) on the same device."""
-        cfg, n, device = self.cfg, images.shape[0], images.device
-
-        def uniform(*shape: int) -> torch.Tensor:
-            return torch.rand(*shape, generator=generator, device="cpu").to(device)
-
-        if cfg.hflip:
-            flip = uniform(n) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
-            masks = torch.where(flip[:, None, None, None], masks.flip(-1), masks)
-        if cfg.vflip:
-            flip = uniform(n) < 0.5
-            images = torch.where(flip[:, None, None, None], images.flip(-2), images)
-            masks = torch.where(flip[:, None, None, None], masks.flip(-2), masks)
-        if self.geometric:
-            zoom = 1.0 + (uniform(n) * 2 - 1) * cfg.scale
-            shift = (uniform(n, 2) * 2 - 1) * cfg.shift * 2  # affine_grid coordinates span 2 per side
-            theta = torch.zeros(n, 2, 3, device=device)
-            theta[:, 0, 0] = 1.0 / zoom
-            theta[:, 1, 1] = 1.0 / zoom
-            theta[:, :, 2] = shift
-            grid = F.affine_grid(theta, list(images.shape), align_corners=False)
-            images = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
-            masks = F.grid_sample(masks, grid, mode="nearest", padding_mode="reflection", align_corners=False)
-        if cfg.brightness > 0 or cfg.contrast > 0:
-            mean = images.mean(dim=(1, 2, 3), keepdim=True)
-            gain = 1.0 + (uniform(n, 1, 1, 1) * 2 - 1) * cfg.contrast
-            offset = (uniform(n, 1, 1, 1) * 2 - 1) * cfg.brightness
-            images = (images - mean) * gain + mean + offset
-        return images, masks
 
 
 def random_crop(images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor | None, size: int,
@@ -77,26 +36,37 @@ def random_crop(images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor |
 IGNORED = 255  # label of ignored pixels while a mask travels through a kornia preset (above any class index)
 
 
+def augment_settings(cfg: AugmentConfig):
+    """The preset named by `cfg.preset` with the fields `cfg` sets (not None) replaced."""
+    from unetlab.data.augment_kornia import PRESETS
+
+    overrides: dict[str, object] = {}
+    if cfg.hflip is not None:
+        overrides["hflip"] = 0.5 if cfg.hflip else 0.0
+    if cfg.vflip is not None:
+        overrides["vflip"] = 0.5 if cfg.vflip else 0.0
+    if cfg.shift is not None:
+        overrides["shift"] = cfg.shift
+    if cfg.scale is not None:
+        overrides["scale"] = (1.0 - cfg.scale, 1.0 + cfg.scale) if cfg.scale > 0 else None
+    for name in ("brightness", "contrast"):
+        if getattr(cfg, name) is not None:
+            overrides[name] = getattr(cfg, name)
+    if cfg.noise is not None:
+        overrides["noise_std"] = cfg.noise
+        overrides["noise_p"] = PRESETS[cfg.preset].noise_p or 0.3 if cfg.noise > 0 else 0.0
+    return dataclasses.replace(PRESETS[cfg.preset], **overrides)
+
+
 def build_batch_augment(cfg: AugmentConfig):
     """`augment(images, masks, valid, generator) -> (images, masks, valid)`; valid may be None."""
-    if cfg.preset == "builtin":
-        builtin = BatchAugment(cfg)
+    from unetlab.data.augment_kornia import build_augmentation
 
-        def run_builtin(images, masks, valid, generator):
-            if valid is None:
-                images, masks = builtin(images, masks, generator)
-                return images, masks, None
-            # The valid map rides along as a second mask channel through the same transforms.
-            images, both = builtin(images, torch.cat([masks, valid.float()], dim=1), generator)
-            return images, both[:, :1], both[:, 1:] > 0.5
+    settings = augment_settings(cfg)
+    plain = build_augmentation(settings, ignore_index=None)
+    with_ignore = build_augmentation(settings, ignore_index=IGNORED)
 
-        return run_builtin
-    from unetlab.data.augment_kornia import PRESETS, build_augmentation
-
-    plain = build_augmentation(PRESETS[cfg.preset], ignore_index=None)
-    with_ignore = build_augmentation(PRESETS[cfg.preset], ignore_index=IGNORED)
-
-    def run_kornia(images, masks, valid, generator):
+    def run(images, masks, valid, generator):
         if valid is None:
             images, masks = plain(images, masks, generator)
             return images, masks, None
@@ -105,4 +75,4 @@ def build_batch_augment(cfg: AugmentConfig):
         ignored = labels == IGNORED
         return images, torch.where(ignored, torch.zeros_like(labels), labels).float(), ~ignored
 
-    return run_kornia
+    return run
