@@ -139,3 +139,20 @@ def test_training_with_averaging_saves_the_validated_weights(tgs_dir, tmp_path, 
     model = create_model(cfg.model.name, **cfg.model.options())
     model.load_state_dict(last["model_state"])
     assert all(math.isfinite(row["val/loss"]) for row in result.history)
+
+
+def test_tensorboard_gets_step_scalars_images_and_config(tgs_dir, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config("train.log_every_steps=1", "train.image_every_epochs=1")
+    result = train(cfg, data_root=tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None)
+    events = EventAccumulator(str(result.run_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    assert {"step/train_loss", "step/lr", "step/images_per_s", "val/loss", "val/tgs_map", "lr"} <= set(tags["scalars"])
+    steps = [e.step for e in events.Scalars("step/train_loss")]
+    assert steps == list(range(1, result.history[-1]["step"] + 1))
+    assert "val/predictions" in tags["images"] and len(events.Images("val/predictions")) == 2
+    image = events.Images("val/predictions")[0]
+    assert image.width == 3 * 101  # image | truth | prediction at the original size
+    assert any("config" in tag for tag in tags["tensors"])
