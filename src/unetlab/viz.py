@@ -363,6 +363,31 @@ def _family(key: str) -> str:
     return name
 
 
+def _panel_axes(count: int, width: float, height: float) -> tuple[Figure, np.ndarray]:
+    """A grid of `count` panels, 2x2 for four (beats 3+1 with a hole), else up to 3 per row."""
+    ncols = 2 if count == 4 else min(3, count)
+    nrows = math.ceil(count / ncols)
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[count:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
+def _finish_curve_panel(ax, title: str, xs: np.ndarray, time_axis: bool = False) -> None:
+    """Title, x label and ticks, grid and legend of one learning-curve panel."""
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel("time (min)" if time_axis else "epoch", fontsize=9)
+    if not time_axis:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if xs.size and xs.min() == xs.max():  # one point: matplotlib would zoom to a meaningless range
+        pad = max(abs(xs.min()) * 0.1, 0.1) if time_axis else 1.0
+        ax.set_xlim(xs.min() - pad, xs.max() + pad)
+    ax.tick_params(labelsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+
+
 def save_learning_curves(
     path: str | os.PathLike,
     history: Sequence[Mapping],
@@ -404,10 +429,7 @@ def save_learning_curves(
         fig.text(0.5, 0.5, "no metrics to plot yet", ha="center", va="center", color="0.4")
         return _save_figure(fig, path)
 
-    ncols = 2 if len(order) == 4 else min(3, len(order))  # 2x2 beats 3+1 with a hole
-    nrows = math.ceil(len(order) / ncols)
-    fig = Figure(figsize=(4.2 * ncols, 3.0 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panel_axes(len(order), 4.2, 3.0)
     split_color = {"train": "C0", "val": "C1"}
     for ax, fam in zip(axes, order):
         series = families[fam]
@@ -423,19 +445,7 @@ def save_learning_curves(
             ys = np.concatenate([y for _, _, y in families[fam]])
             if (ys > 0).all():
                 ax.set_yscale("log")
-            ax.set_title("learning rate", fontsize=10)
-        else:
-            ax.set_title(fam, fontsize=10)
-        ax.set_xlabel("epoch", fontsize=9)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        xs = np.concatenate([x for _, x, _ in series])
-        if xs.min() == xs.max():  # one epoch: matplotlib would zoom to fractional epochs
-            ax.set_xlim(xs.min() - 1, xs.max() + 1)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    for ax in axes[len(order):]:
-        ax.set_visible(False)
+        _finish_curve_panel(ax, "learning rate" if fam == "lr" else fam, np.concatenate([x for _, x, _ in series]))
     return _save_figure(fig, path)
 
 
@@ -565,10 +575,7 @@ def plot_runs(
         ok = np.isfinite(xs) & np.isfinite(ys)
         return xs[ok], ys[ok]
 
-    ncols = 2 if len(panels) == 4 else min(3, len(panels))  # 2x2 beats 3+1 with a hole
-    nrows = math.ceil(len(panels) / ncols)
-    fig = Figure(figsize=(4.4 * ncols, 3.2 * nrows), layout="constrained")
-    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    fig, axes = _panel_axes(len(panels), 4.4, 3.2)
     for ax, panel in zip(axes, panels):
         columns = [("train/loss", "--", " train"), ("val/loss", "-", " val")] if panel == "loss" else [(panel, "-", "")]
         all_x, all_y = [], []
@@ -583,20 +590,8 @@ def plot_runs(
                 all_y.append(ys)
         if panel == "lr" and all_y and (np.concatenate(all_y) > 0).all():
             ax.set_yscale("log")
-        ax.set_title("learning rate" if panel == "lr" else panel, fontsize=10)
-        ax.set_xlabel("epoch" if x == "epoch" else "time (min)", fontsize=9)
-        if x == "epoch":
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if all_x:
-            xs = np.concatenate(all_x)
-            if xs.min() == xs.max():  # one point: matplotlib would zoom to a meaningless range
-                pad = 1.0 if x == "epoch" else max(abs(xs.min()) * 0.1, 0.1)
-                ax.set_xlim(xs.min() - pad, xs.max() + pad)
-        ax.tick_params(labelsize=8)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-    for ax in axes[len(panels):]:
-        ax.set_visible(False)
+        _finish_curve_panel(ax, "learning rate" if panel == "lr" else panel,
+                            np.concatenate(all_x) if all_x else np.empty(0), time_axis=x == "time")
     return _save_figure(fig, out)
 
 

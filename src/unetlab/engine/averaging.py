@@ -40,6 +40,14 @@ class Averaging:
         pass
 
 
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """The averaged model: a copy in eval mode that no optimiser or autograd touches."""
+    average = copy.deepcopy(model).eval()
+    for p in average.parameters():
+        p.requires_grad_(False)
+    return average
+
+
 class EMA(Averaging):
     """Exponential moving average, with the usual warm-up of the decay: min(decay, (1 + t) / (10 + t))."""
 
@@ -48,22 +56,23 @@ class EMA(Averaging):
     def __init__(self, model: nn.Module, decay: float):
         super().__init__(model)
         self.decay = decay
-        self.average = copy.deepcopy(model).eval()
-        for p in self.average.parameters():
-            p.requires_grad_(False)
+        self.average = _frozen_copy(model)
         self.updates = 0
+        # Pairs of (averaged, live) tensors, found once: both models update their tensors in place
+        # (optimiser steps, load_state_dict), so the step does not rebuild two state dicts.
+        live = model.state_dict()
+        pairs = [(value, live[name]) for name, value in self.average.state_dict().items()]
+        self._floating = [(a, b) for a, b in pairs if a.dtype.is_floating_point]
+        self._counters = [(a, b) for a, b in pairs if not a.dtype.is_floating_point]  # num_batches_tracked
 
     @torch.no_grad()
     def update_step(self, step: int, progress: float) -> None:
         self.updates += 1
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
-        live = self.model.state_dict()
-        for name, value in self.average.state_dict().items():
-            source = live[name]
-            if value.dtype.is_floating_point:
-                value.lerp_(source, 1.0 - decay)
-            else:  # counters such as num_batches_tracked
-                value.copy_(source)
+        for average, live in self._floating:
+            average.lerp_(live, 1.0 - decay)
+        for average, live in self._counters:
+            average.copy_(live)
 
     def eval_model(self, batches: Callable[[], Iterable[torch.Tensor]] | None = None) -> nn.Module:
         return self.average
@@ -84,9 +93,7 @@ class SWA(Averaging):
     def __init__(self, model: nn.Module, start: float):
         super().__init__(model)
         self.start = start
-        self.average = copy.deepcopy(model).eval()
-        for p in self.average.parameters():
-            p.requires_grad_(False)
+        self.average = _frozen_copy(model)
         self.count = 0
 
     @torch.no_grad()
