@@ -320,3 +320,11 @@ def test_photographic_preset_needs_rgb_input():
     with pytest.raises(ConfigError, match="photographic"):
         load_config(None, ["augment.preset=photographic"])
     assert load_config(None, ["augment.preset=photographic", "model.in_channels=3"]).augment.preset == "photographic"
+
+
+def test_min_area_is_binary_only_and_not_negative():
+    assert load_config(None, ["eval.min_area=20"]).eval.min_area == 20
+    with pytest.raises(ConfigError, match=r"'eval\.min_area'.*multiclass"):
+        load_config(None, ["task=multiclass", "model.classes=3", "eval.min_area=20"])
+    with pytest.raises(ConfigError, match=r"'eval\.min_area'"):
+        load_config(None, ["eval.min_area=-1"])

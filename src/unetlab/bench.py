@@ -10,8 +10,9 @@ reported, and the ratios of the two default paths to the naive one are the figur
    nnU-Net's benchmark trainers do: the ceiling of the model itself.
 2. ``default, full pipeline``: the trainer's real per-step path on a data set held on the device
    (``--data DIR`` in any format the config reads, else a synthetic TGS-like set generated in
-   memory): random batch indices, `build_batch_augment`, `normalize`, the memory format,
-   `train_step` (gradient clipping, weight averaging and a per-step schedule as configured).
+   memory): random batch indices, the trainer's `prepare_batch` (random crop, augmentation,
+   normalisation, memory format), `train_step` (gradient clipping, weight averaging and a
+   per-step schedule as configured).
 3. ``fp32 NCHW eager (naive)``: what a first PyTorch segmentation script does: a
    `torch.utils.data.Dataset` returning one float32 image/mask pair per index with a random
    numpy flip, a `DataLoader(batch_size, shuffle=True, num_workers=0)`, fp32 NCHW weights and
@@ -58,7 +59,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.config import Config
-from unetlab.engine.trainer import build_optimizer, seed_everything, train_step
+from unetlab.engine.trainer import build_optimizer, prepare_batch, seed_everything, train_step
 from unetlab.errors import ConfigError
 from unetlab.inference.predictor import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss, loss_terms
@@ -205,7 +206,7 @@ def _build_path(name: str, cfg: Config, dev: torch.device, data: BenchData | Non
     """A ready model and optimizer with the step function of one path. Every path's model starts from
     the same weights (seeded by cfg.seed)."""
     from unetlab.data.sizing import Sizing
-    from unetlab.data.tensors import images_to_tensor, masks_to_tensor, normalize
+    from unetlab.data.tensors import images_to_tensor, masks_to_tensor
 
     naive = name == NAIVE
     precision = "fp32" if naive else cfg.train.precision
@@ -251,9 +252,9 @@ def _build_path(name: str, cfg: Config, dev: torch.device, data: BenchData | Non
                 state["order"], state["at"] = torch.randperm(len(train_x), generator=generator).to(dev), 0
             batch = state["order"][state["at"] : state["at"] + batch_size]
             state["at"] += batch_size
-            images, masks, valid = augment(train_x[batch], train_y[batch].float(),
-                                           None if train_valid is None else train_valid[batch], generator)
-            images = normalize(images, mean, std).contiguous(memory_format=fmt)
+            images, masks, valid = prepare_batch(train_x[batch], train_y[batch].float(),
+                                                 None if train_valid is None else train_valid[batch], cfg.augment.crop,
+                                                 augment, generator, mean, std, fmt)
             loss = train_step(model, optimizer, loss_fn, images, masks, precision, 0.0, valid, clip)
             averaging.update_step(state["step"], 0.0)
             if scheduler.per_step:

@@ -67,8 +67,10 @@ def evaluate(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="probability threshold (default: the run's)"),
     tta: Optional[str] = typer.Option(None, "--tta", help="none | hflip (default: the run's)"),
     which: str = typer.Option("best", "--which", help="best | last checkpoint"),
+    min_area: Optional[int] = typer.Option(None, "--min-area", help="binary: predict an image empty when fewer "
+                                           "pixels than this pass the threshold (default: the run's eval.min_area)"),
 ) -> None:
-    """Score a run on labelled data: metrics, threshold sweep, report.md and a prediction figure."""
+    """Score a run on labelled data: metrics, threshold and min-area sweeps, report.md and a prediction figure."""
     from unetlab.api import evaluate as api_evaluate
 
     if split not in ("auto", "val", "train", "all"):
@@ -78,7 +80,8 @@ def evaluate(
     if which not in ("best", "last"):
         _fail(f"--which {which}: choose best or last")
     command = " ".join(["unetlab", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
-    api_evaluate(run, data, split=split, threshold=threshold, tta=tta, which=which, command=command)
+    api_evaluate(run, data, split=split, threshold=threshold, tta=tta, which=which, command=command,
+                 min_area=min_area)
 
 
 @app.command()
@@ -89,13 +92,15 @@ def predict(
     threshold: Optional[float] = typer.Option(None, "--threshold", help="probability threshold (default: the run's)"),
     tta: Optional[str] = typer.Option(None, "--tta", help="none | hflip (default: the run's)"),
     which: str = typer.Option("best", "--which", help="best | last checkpoint"),
+    min_area: Optional[int] = typer.Option(None, "--min-area", help="binary: predict an image empty when fewer "
+                                           "pixels than this pass the threshold (default: the run's eval.min_area)"),
 ) -> None:
     """Predict salt masks: one mask PNG and one overlay PNG per image, at the image's own size."""
     from unetlab.api import predict as api_predict
 
     if tta not in (None, "none", "hflip"):
         _fail(f"--tta {tta}: choose none or hflip")
-    api_predict(run, inputs, out, threshold=threshold, tta=tta, which=which)
+    api_predict(run, inputs, out, threshold=threshold, tta=tta, which=which, min_area=min_area)
 
 
 @app.command()

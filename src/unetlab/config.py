@@ -246,6 +246,8 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     tta: Literal["none", "hflip"] = "none"
+    min_area: int = Field(0, ge=0, description="binary: an image predicting fewer foreground pixels than this (at "
+                          "its own size) is predicted empty; 0 keeps every prediction")
 
 
 class Config(_Section):
@@ -278,6 +280,9 @@ class Config(_Section):
         if self.augment.preset == "photographic" and self.model.in_channels != 3:
             raise ConfigError("bad value for 'augment.preset': 'photographic' jitters colour and needs RGB input "
                               "(model.in_channels=3); use 'seismic' for grey images")
+        if self.task == "multiclass" and self.eval.min_area:
+            raise ConfigError("bad value for 'eval.min_area': it empties small binary predictions; multiclass "
+                              "runs take the argmax, set it to 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -164,6 +164,7 @@ def _metadata(predictor: Any, checkpoint: Path, which: str, example: tuple[int, 
         "model": str(config.model.name),
         "checkpoint": which if Path(checkpoint).name == f"{which}.pt" else Path(checkpoint).name,
         "threshold": repr(float(predictor.threshold)),
+        "min_area": str(int(config.eval.min_area)),
         "mean": json.dumps([float(v) for v in predictor.mean]),
         "std": json.dumps([float(v) for v in predictor.std]),
         "sizing": predictor.sizing.mode,
@@ -174,7 +175,8 @@ def _metadata(predictor: Any, checkpoint: Path, which: str, example: tuple[int, 
                        "than input_size unchanged) or bilinear-resize (sizing=resize) to input_size; "
                        "x = (x - mean) / std per channel"),
         "postprocess": ("p = sigmoid(logits); undo the padding (crop) or resize bilinearly back to the "
-                        "original size; mask = p > threshold"),
+                        "original size; mask = p > threshold; a mask with fewer than min_area "
+                        "pixels becomes empty"),
         "traced_at": f"{example[0]}x{example[1]}",
         "config": config.to_yaml(),
     }

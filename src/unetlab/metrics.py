@@ -62,6 +62,7 @@ import torch
 __all__ = [
     "TGS_IOU_THRESHOLDS",
     "binary_counts",
+    "drop_small_predictions",
     "image_iou",
     "tgs_image_scores",
     "micro_scores",
@@ -122,6 +123,15 @@ def _pred_to_bool(pred: torch.Tensor, threshold: float | torch.Tensor) -> torch.
     if pred.is_complex():
         raise TypeError("pred: complex tensors are neither probabilities nor masks")
     return pred != 0
+
+
+def drop_small_predictions(pred: torch.Tensor, min_area: int) -> torch.Tensor:
+    """bool (N, H, W) masks with every image that predicts fewer than `min_area` foreground pixels
+    emptied (TGS post-processing: a few stray pixels on an empty image score 0, nothing scores 1)."""
+    if min_area <= 0:
+        return pred
+    keep = pred.sum(dim=(-2, -1), dtype=torch.int64) >= min_area
+    return pred & keep[:, None, None]
 
 
 def _check_counts(counts: torch.Tensor) -> torch.Tensor:
@@ -249,8 +259,11 @@ class BinarySegmentationMetrics:
     them and ``load_state(torch.cat(states))`` into one accumulator (or use ``merge_state``).
     """
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = 0.5, min_area: int = 0) -> None:
+        if min_area < 0:
+            raise ValueError(f"min_area must be >= 0, got {min_area}")
         self.threshold = threshold
+        self.min_area = min_area
         self._chunks: list[torch.Tensor] = []
         self._device: torch.device | None = None
 
@@ -265,10 +278,11 @@ class BinarySegmentationMetrics:
         """Add a batch. Float input = probabilities, salt where ``probs > threshold`` (strict;
         ``threshold`` defaults to the constructor's); bool/integer input = predicted mask
         (threshold unused). Shapes (N, H, W) or (N, 1, H, W). ``valid``: only these pixels count
-        (see :func:`binary_counts`)."""
+        (see :func:`binary_counts`). With ``min_area`` > 0, an image predicting fewer foreground
+        pixels than that (counted over the whole image, ignored pixels included) is predicted empty."""
         thr = self.threshold if threshold is None else threshold
         pred = _squeeze_masks(probs_or_pred, "probs_or_pred")
-        pred = _pred_to_bool(pred, thr)
+        pred = drop_small_predictions(_pred_to_bool(pred, thr), self.min_area)
         self._append(binary_counts(pred, target, valid))
 
     def _append(self, counts: torch.Tensor) -> None:
@@ -389,17 +403,29 @@ def _counts_over_thresholds(
     return torch.stack([tp, fp, fn, tn], dim=2)
 
 
+def _drop_small_counts(counts: torch.Tensor, min_area: int) -> torch.Tensor:
+    """(..., 4) whole-image counts as if images predicting fewer than `min_area` pixels predicted none."""
+    if min_area <= 0:
+        return counts
+    tp, fp, fn, tn = counts.unbind(-1)
+    small = (tp + fp) < min_area
+    zero = torch.zeros_like(tp)
+    return torch.stack([torch.where(small, zero, tp), torch.where(small, zero, fp),
+                        torch.where(small, fn + tp, fn), torch.where(small, tn + fp, tn)], dim=-1)
+
+
 def scores_over_thresholds(
-    probs: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float]
+    probs: torch.Tensor, target: torch.Tensor, thresholds: Sequence[float], min_area: int = 0
 ) -> dict[str, torch.Tensor]:
     """Metrics at every probability threshold (salt where ``probs > threshold``), in one pass.
 
     Returns float64 CPU tensors of length ``len(thresholds)`` (in the given order):
     ``threshold``, ``precision``, ``recall``, ``iou``, ``dice`` (micro, as in
-    :class:`BinarySegmentationMetrics`) and ``tgs_map``. Equal to running the accumulator at
-    each threshold; the heavy work runs on ``probs``' device, O(pixels * log T).
+    :class:`BinarySegmentationMetrics`) and ``tgs_map``. Equal to running the accumulator (with
+    the same ``min_area``) at each threshold; the heavy work runs on ``probs``' device,
+    O(pixels * log T).
     """
-    counts = _counts_over_thresholds(probs, target, thresholds)  # (T, N, 4)
+    counts = _drop_small_counts(_counts_over_thresholds(probs, target, thresholds), min_area)  # (T, N, 4)
     n_img = counts.shape[1]
     total = counts.sum(dim=1).cpu()  # (T, 4)
     micro = micro_scores(total)

@@ -15,30 +15,34 @@ import torch
 
 from unetlab.data.formats.tgs import ArrayDataset
 from unetlab.data.splits import coverage_classes, dominant_class_strata
-from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics
+from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics, drop_small_predictions
 
 
 class BinaryTask:
-    """One logit per pixel; probability = sigmoid; foreground where probability > threshold."""
+    """One logit per pixel; probability = sigmoid; foreground where probability > threshold, and none
+    at all in an image that would predict fewer than `min_area` foreground pixels."""
 
     name = "binary"
     summary_keys = ("val/iou", "val/tgs_map")
     strata_name = "salt coverage"
 
-    def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5):
+    def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5, min_area: int = 0):
         self.class_names = list(class_names or ["background", "salt"])
         self.threshold = threshold
+        self.min_area = min_area
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) float32 foreground probabilities."""
         return torch.sigmoid(logits.float())
 
-    def decode(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
-        """(N, H, W) uint8 labels: 1 where probability > threshold."""
-        return (probs[:, 0] > (self.threshold if threshold is None else threshold)).to(torch.uint8)
+    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None
+               ) -> torch.Tensor:
+        """(N, H, W) uint8 labels: 1 where probability > threshold, in images with at least min_area such pixels."""
+        pred = probs[:, 0] > (self.threshold if threshold is None else threshold)
+        return drop_small_predictions(pred, self.min_area if min_area is None else min_area).to(torch.uint8)
 
     def new_metrics(self) -> BinarySegmentationMetrics:
-        return BinarySegmentationMetrics(self.threshold)
+        return BinarySegmentationMetrics(self.threshold, self.min_area)
 
     def update_metrics(self, metrics: Any, probs: torch.Tensor, truth: torch.Tensor,
                        valid: torch.Tensor | None = None) -> None:
@@ -55,15 +59,17 @@ class MulticlassTask:
     summary_keys = ("val/miou", "val/pixel_accuracy")
     strata_name = "dominant class"
 
-    def __init__(self, class_names: list[str], threshold: float = 0.5):
+    def __init__(self, class_names: list[str], threshold: float = 0.5, min_area: int = 0):
         self.class_names = list(class_names)
         self.threshold = threshold  # unused: argmax decides
+        self.min_area = min_area  # unused: the config refuses it for multiclass
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) float32 class probabilities."""
         return torch.softmax(logits.float(), dim=1)
 
-    def decode(self, probs: torch.Tensor, threshold: float | None = None) -> torch.Tensor:
+    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None
+               ) -> torch.Tensor:
         """(N, H, W) uint8 class indices."""
         return probs.argmax(dim=1).to(torch.uint8)
 
@@ -81,7 +87,8 @@ class MulticlassTask:
 TASKS: dict[str, Callable[..., BinaryTask | MulticlassTask]] = {"binary": BinaryTask, "multiclass": MulticlassTask}
 
 
-def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5) -> BinaryTask | MulticlassTask:
+def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5, min_area: int = 0
+               ) -> BinaryTask | MulticlassTask:
     if name == "multiclass" and not class_names:
         raise ValueError("task multiclass needs the class names of the data")
-    return TASKS[name](class_names, threshold)
+    return TASKS[name](class_names, threshold, min_area)

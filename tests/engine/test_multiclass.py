@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from run_fixtures import run_cli, tiny_config
+from run_fixtures import assert_one_line_error, run_cli, tiny_config
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.trainer import train
 from unetlab.errors import ConfigError
@@ -93,6 +93,9 @@ def test_evaluate_and_predict_multiclass(multiclass_run, multiclass_dir, tmp_pat
     assert overlay.shape == (40, 48, 3)
     header = (out_dir / "predictions.csv").read_text().splitlines()[0]
     assert header == "id,share_class_0,share_class_1,share_class_2"
+    code, out, err = run_cli(["predict", str(multiclass_run), str(multiclass_dir / "images"), "--out", str(out_dir),
+                              "--min-area", "5"], capsys)
+    assert_one_line_error(code, err, "--min-area 5", "multiclass")
 
 
 def test_multiclass_learns_the_easy_classes(multiclass_dir, tmp_path):

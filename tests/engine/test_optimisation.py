@@ -12,7 +12,7 @@ from run_fixtures import tiny_config
 from unetlab.engine.averaging import EMA, SWA, build_averaging
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.schedule import build_scheduler
-from unetlab.engine.trainer import build_optimizer, train, train_step
+from unetlab.engine.trainer import build_optimizer, train, train_step, uses_fused_optimizer
 from unetlab.errors import ConfigError
 from unetlab.losses import build_loss
 from unetlab.models import create_model
@@ -30,6 +30,25 @@ def test_optimizer_by_name(name, cls):
         assert group["nesterov"] is True and group["momentum"] == 0.8
     if name == "rmsprop":
         assert group["momentum"] == 0.8
+
+
+def test_fused_kernels_only_on_cuda_and_only_where_torch_has_them():
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert [uses_fused_optimizer(n, cuda) for n in ("adam", "adamw", "sgd", "rmsprop")] == [True, True, True, False]
+    assert not any(uses_fused_optimizer(n, cpu) for n in ("adam", "adamw", "sgd", "rmsprop"))
+    assert not build_optimizer(tiny_config("optim.name=adamw"), nn.Linear(2, 2)).defaults.get("fused")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none visible to torch here)")
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_cuda_optimizer_is_fused_and_steps(name):
+    model = nn.Linear(4, 2).cuda()
+    optimizer = build_optimizer(tiny_config(f"optim.name={name}", "optim.momentum=0.9"), model)
+    assert optimizer.defaults["fused"] is True
+    before = model.weight.detach().clone()
+    model(torch.randn(8, 4, device="cuda")).square().mean().backward()
+    optimizer.step()
+    assert not torch.equal(before, model.weight)
 
 
 def test_sgd_without_momentum_is_not_nesterov():

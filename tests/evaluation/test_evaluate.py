@@ -45,3 +45,20 @@ def test_evaluate_on_other_data_uses_all_images(tiny_run, tmp_path):
     assert result["split"] == "all" and result["images"] == 6
     with pytest.raises(UnetlabError, match="not in the data"):
         evaluate(tiny_run, other, split="val", log=lambda _: None)
+
+
+def test_min_area_sweep_and_override(tiny_run, tgs_dir):
+    result = evaluate(tiny_run, tgs_dir, tta="none", log=lambda _: None)
+    sweep = result["min_area_sweep"]
+    assert result["min_area"] == 0 and sweep["min_area"][0] == 0
+    assert sweep["tgs_map"][0] == pytest.approx(result["metrics"]["tgs_map"])
+    assert result["best_min_area_on_this_set"] in sweep["min_area"]
+    # Scoring at a min area reproduces that row of the sweep and gets its own result file.
+    area = int(sweep["min_area"][3])
+    ruled = evaluate(tiny_run, tgs_dir, tta="none", min_area=area, log=lambda _: None)
+    assert ruled["metrics"]["tgs_map"] == pytest.approx(sweep["tgs_map"][3])
+    assert ruled["metrics"]["recall"] == pytest.approx(sweep["recall"][3])
+    assert (tiny_run / "evaluation" / f"best-val-a{area}.json").is_file()
+    assert f"| {area} |" in (tiny_run / "report.md").read_text()
+    with pytest.raises(UnetlabError, match="--min-area"):
+        evaluate(tiny_run, tgs_dir, min_area=-3, log=lambda _: None)

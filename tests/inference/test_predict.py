@@ -84,3 +84,17 @@ def test_collect_images_errors(tmp_path):
 def test_bad_threshold_is_refused(tiny_run, mixed_images, tmp_path):
     with pytest.raises(UnetlabError, match="--threshold"):
         predict(tiny_run, [mixed_images], tmp_path / "o", threshold=1.5, log=lambda _: None)
+
+
+def test_min_area_empties_small_predictions(tiny_run, mixed_images, tmp_path):
+    predictor = Predictor.load(tiny_run)
+    probs = predictor.predict_proba([read_grey(mixed_images / "a.png")], tta="none")[0]
+    salt = int((probs > 0.5).sum())
+    kept = predict(tiny_run, [mixed_images / "a.png"], tmp_path / "kept", threshold=0.5, min_area=salt,
+                   log=lambda _: None)
+    emptied = predict(tiny_run, [mixed_images / "a.png"], tmp_path / "emptied", threshold=0.5, min_area=salt + 1,
+                      log=lambda _: None)
+    assert read_binary_mask(kept[0]).sum() == salt
+    assert read_binary_mask(emptied[0]).sum() == 0
+    rows = dict(csv.reader((tmp_path / "emptied" / "predictions.csv").read_text().splitlines()))
+    assert rows["a"] == ""

@@ -19,13 +19,14 @@ from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
 from unetlab.engine.checkpoint import resolve_checkpoint
 from unetlab.errors import UnetlabError
-from unetlab.inference.predictor import Predictor
+from unetlab.inference.predictor import Predictor, check_min_area
 from unetlab.metrics import BinarySegmentationMetrics, scores_over_thresholds
 from unetlab.viz import save_multiclass_samples, save_prediction_grid, save_threshold_curve
 
 METRIC_NAMES = ("tgs_map", "iou", "dice", "precision", "recall", "pixel_accuracy", "mean_image_iou")
 MULTICLASS_METRIC_NAMES = ("miou", "pixel_accuracy", "mean_accuracy", "mean_dice", "fw_iou")
 SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
+AREA_SWEEP = [0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300]  # eval.min_area values tried at the operating threshold
 
 
 def _run_dir(run: Path) -> Path:
@@ -50,8 +51,8 @@ def _choose_indices(run_dir: Path, dataset: ArrayDataset, split: str) -> tuple[s
     return split, sets
 
 
-def _row(dataset: ArrayDataset, index: int, prob: np.ndarray, threshold: float, group: str) -> dict:
-    truth, pred = dataset.masks[index], prob > threshold
+def _row(dataset: ArrayDataset, index: int, pred: np.ndarray, prob: np.ndarray, group: str) -> dict:
+    truth = dataset.masks[index]
     union = np.logical_or(truth, pred).sum()
     iou = np.logical_and(truth, pred).sum() / union if union else 1.0
     label = f"{group} {dataset.ids[index]}  foreground {truth.mean():.0%}  IoU {iou:.2f}"
@@ -71,18 +72,31 @@ def _figure_indices(indices: np.ndarray, dataset: ArrayDataset, count: int, seed
     return np.sort(chosen)
 
 
-def _sweep(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def _sweep(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None, min_area: int
+           ) -> dict[str, torch.Tensor]:
     """Metrics at every threshold of SWEEP; with ignored pixels, one accumulator per threshold."""
     if valid is None:
-        return scores_over_thresholds(probs, truth, SWEEP)
+        return scores_over_thresholds(probs, truth, SWEEP, min_area)
     rows = []
     for threshold in SWEEP:
-        metrics = BinarySegmentationMetrics(threshold)
+        metrics = BinarySegmentationMetrics(threshold, min_area)
         metrics.update(probs, truth, valid=valid)
         rows.append(metrics.compute())
     sweep = {key: torch.tensor([row[key] for row in rows], dtype=torch.float64)
              for key in ("precision", "recall", "iou", "dice", "tgs_map")}
     return {"threshold": torch.tensor(SWEEP, dtype=torch.float64), **sweep}
+
+
+def _area_sweep(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | None, threshold: float
+                ) -> dict[str, list[float]]:
+    """Metrics at every eval.min_area of AREA_SWEEP, at the operating threshold."""
+    rows = []
+    for min_area in AREA_SWEEP:
+        metrics = BinarySegmentationMetrics(threshold, min_area)
+        metrics.update(probs, truth, valid=valid)
+        rows.append(metrics.compute())
+    return {"min_area": [float(a) for a in AREA_SWEEP],
+            **{key: [row[key] for row in rows] for key in ("precision", "recall", "iou", "tgs_map")}}
 
 
 def write_report(run_dir: Path) -> Path:
@@ -93,13 +107,14 @@ def write_report(run_dir: Path) -> Path:
     multiclass = any(r.get("task") == "multiclass" for r in rows)
     names = MULTICLASS_METRIC_NAMES if multiclass else METRIC_NAMES
     lines = ["# Evaluation report", "", f"Run: `{run_dir}`", "",
-             "| checkpoint | epoch | split | images | threshold | TTA | " + " | ".join(names) + " |",
-             "|---" * (6 + len(names)) + "|"]
+             "| checkpoint | epoch | split | images | threshold | min area | TTA | " + " | ".join(names) + " |",
+             "|---" * (7 + len(names)) + "|"]
     for r in rows:
         values = " | ".join(f"{r['metrics'].get(k, float('nan')):.4f}" for k in names)
         threshold = "argmax" if r.get("task") == "multiclass" else f"{r['threshold']:.2f}"
+        min_area = "-" if r.get("task") == "multiclass" else r.get("min_area", 0)
         lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['split']} | {r['images']} | {threshold} | "
-                     f"{r['tta']} | {values} |")
+                     f"{min_area} | {r['tta']} | {values} |")
     if multiclass:
         lines += ["", "mIoU: mean over classes of TP / (TP + FP + FN) over all labelled pixels of the set (a class "
                   "in neither truth nor prediction is left out); ignored pixels count nowhere. Per-class IoU is in "
@@ -107,7 +122,8 @@ def write_report(run_dir: Path) -> Path:
     else:
         lines += ["", "TGS metric: per image, precision averaged over IoU thresholds 0.50..0.95 (an image with no "
                   "salt scores 1 when nothing is predicted, else 0); mean over images. IoU, Dice, precision and "
-                  "recall are over all salt pixels of the set; salt where probability > threshold.", ""]
+                  "recall are over all salt pixels of the set; salt where probability > threshold, and none in "
+                  "an image where fewer than 'min area' pixels pass it.", ""]
     for r in rows:
         lines.append(f"Command: `{r['command']}`")
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
@@ -116,7 +132,7 @@ def write_report(run_dir: Path) -> Path:
 def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", threshold: float | None = None,
              tta: str | None = None, which: str = "best", figure_samples: int = 6,
              log: Callable[[str], None] = print, command: str | None = None,
-             dataset: ArrayDataset | None = None) -> dict:
+             dataset: ArrayDataset | None = None, min_area: int | None = None) -> dict:
     """Score checkpoint `which` of `run` on `data_root`; write JSON, report.md and figures into the run."""
     run = Path(run)
     checkpoint = resolve_checkpoint(run, which)
@@ -125,6 +141,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     threshold = predictor.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
+    min_area = check_min_area(predictor, min_area)
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
         dataset = load_for_config(predictor.config, data_root)
@@ -138,11 +155,13 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     prob_t = torch.from_numpy(np.stack(probs))
     truth_t = torch.from_numpy(dataset.masks[indices])
     valid_t = None if dataset.valid is None else torch.from_numpy(dataset.valid[indices])
-    metrics = BinarySegmentationMetrics(threshold)
+    metrics = BinarySegmentationMetrics(threshold, min_area)
     metrics.update(prob_t, truth_t, valid=valid_t)
     scores = metrics.compute()
-    sweep = _sweep(prob_t, truth_t, valid_t)
+    sweep = _sweep(prob_t, truth_t, valid_t, min_area)
     best_at = int(torch.argmax(sweep["tgs_map"]))
+    area_sweep = _area_sweep(prob_t, truth_t, valid_t, threshold)
+    best_area_at = int(np.argmax(area_sweep["tgs_map"]))
     epoch = predictor.epoch
 
     figures = run_dir / "figures"
@@ -152,6 +171,8 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         tag += f"-tta-{tta}"
     if threshold != predictor.threshold:
         tag += f"-t{threshold:g}"
+    if min_area != predictor.config.eval.min_area:
+        tag += f"-a{min_area}"
     save_threshold_curve(figures / f"threshold-{tag}.png", SWEEP, sweep["precision"].numpy(),
                          sweep["recall"].numpy(), sweep["tgs_map"].numpy(), chosen=threshold)
     rows = []
@@ -163,23 +184,27 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         extra_probs = dict(zip(extra, predictor.predict_proba([dataset.images[i] for i in extra], tta=tta)))
         for i in picked:
             prob = probs[position[int(i)]] if int(i) in position else extra_probs[i]
-            rows.append(_row(dataset, int(i), prob, threshold, group))
+            rows.append(_row(dataset, int(i), predictor.labels(prob, threshold, min_area).astype(bool), prob,
+                             group))
     save_prediction_grid(figures / f"predictions-{tag}.png", rows,
                          title=f"{run_dir.name}: {which} checkpoint (epoch {epoch}), threshold {threshold:.2f}, "
-                               f"TTA {tta}")
+                               f"TTA {tta}" + (f", min area {min_area}" if min_area else ""))
     result = {
         "run": str(run_dir), "checkpoint": which, "epoch": epoch, "data": str(data_root), "split": split,
-        "images": int(len(indices)), "threshold": threshold, "tta": tta, "metrics": scores,
+        "images": int(len(indices)), "threshold": threshold, "tta": tta, "min_area": min_area, "metrics": scores,
         "sweep": {k: [float(v) for v in t] for k, t in sweep.items()},
         "best_threshold_on_this_set": SWEEP[best_at],
+        "min_area_sweep": area_sweep,
+        "best_min_area_on_this_set": AREA_SWEEP[best_area_at],
         "command": command or f"unetlab evaluate {run} --data {data_root} --split {split} --which {which}",
     }
     atomic_write_text(run_dir / "evaluation" / f"{tag}.json", json.dumps(result, indent=1))
     write_report(run_dir)
     log(f"{which} checkpoint (epoch {epoch}) on {split} ({len(indices)} images), threshold {threshold:.2f}, "
-        f"TTA {tta}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
+        f"min area {min_area}, TTA {tta}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
     log(f"threshold sweep on this set: best TGS metric {float(sweep['tgs_map'][best_at]):.4f} at "
-        f"{SWEEP[best_at]:.2f} (tune thresholds on validation data only)")
+        f"{SWEEP[best_at]:.2f}; min-area sweep: best {area_sweep['tgs_map'][best_area_at]:.4f} at "
+        f"{AREA_SWEEP[best_area_at]} px (tune both on validation data only)")
     log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
     return result
 

@@ -15,7 +15,7 @@ from unetlab.data.formats.tgs import IMAGE_SUFFIXES
 from unetlab.data.io import atomic_write_text, read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
-from unetlab.inference.predictor import Predictor
+from unetlab.inference.predictor import Predictor, check_min_area
 from unetlab.metrics import tag_safe_name
 from unetlab.viz import colorize_labels, label_palette, save_overlay
 
@@ -50,12 +50,13 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, threshold: float | None = None,
             tta: str | None = None, which: str = "best", batch_size: int = 32,
-            log: Callable[[str], None] = print) -> list[Path]:
+            log: Callable[[str], None] = print, min_area: int | None = None) -> list[Path]:
     """Predict every image in `inputs`; returns the mask paths written."""
     predictor = Predictor.load(run, which)
     threshold = predictor.threshold if threshold is None else threshold
     if not 0.0 < threshold < 1.0:
         raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
+    min_area = check_min_area(predictor, min_area)
     files = collect_images(inputs)
     channels = predictor.config.model.in_channels
     multiclass = predictor.task.name == "multiclass"
@@ -77,7 +78,7 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
                 shares = np.bincount(labels.ravel(), minlength=len(class_names)) / labels.size
                 rle_rows.append((path.stem, *(f"{share:.4f}" for share in shares)))
                 continue
-            mask = prob > threshold
+            mask = predictor.labels(prob, threshold, min_area).astype(bool)
             written.append(save_png(out_dir / "masks" / f"{path.stem}.png", mask))
             save_overlay(out_dir / "overlays" / f"{path.stem}.png", image, mask)
             rle_rows.append((path.stem, rle_encode(mask)))
@@ -92,6 +93,7 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
             f"{out_dir / 'predictions.csv'}")
         return written
     salt = sum(1 for _, rle in rle_rows if rle)
-    log(f"predicted {len(files)} image(s) at threshold {threshold:.2f}: {salt} with salt; "
+    log(f"predicted {len(files)} image(s) at threshold {threshold:.2f}"
+        + (f", min area {min_area} px" if min_area else "") + f": {salt} with salt; "
         f"masks in {out_dir / 'masks'}, overlays in {out_dir / 'overlays'}, RLE in {out_dir / 'predictions.csv'}")
     return written

@@ -14,6 +14,7 @@ from unetlab.config import Config, config_from_dict
 from unetlab.data.sizing import Sizing
 from unetlab.data.tensors import images_to_tensor, normalize
 from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from unetlab.errors import UnetlabError
 from unetlab.models import create_model
 from unetlab.tasks import build_task
 
@@ -75,6 +76,18 @@ def predict_batch(model: nn.Module, images: torch.Tensor, sizing: Sizing, mean: 
     return probs
 
 
+def check_min_area(predictor: "Predictor", min_area: int | None) -> int:
+    """The `--min-area` to use: the run's `eval.min_area` when None; refused for multiclass runs."""
+    if min_area is None:
+        return predictor.config.eval.min_area
+    if min_area < 0:
+        raise UnetlabError(f"--min-area {min_area}: must be 0 (keep every prediction) or a pixel count")
+    if min_area and predictor.task.name != "binary":
+        raise UnetlabError(f"--min-area {min_area}: only binary runs empty small predictions; this run is "
+                           f"{predictor.task.name} (drop the option)")
+    return min_area
+
+
 class Predictor:
     """A model with its sizing, normalisation and threshold, as stored in a checkpoint."""
 
@@ -82,7 +95,8 @@ class Predictor:
                  threshold: float, device: torch.device, epoch: int | None = None,
                  class_names: list[str] | None = None):
         self.model = model.to(device).eval()
-        self.task = build_task(config.task, class_names or _default_class_names(config), threshold)
+        self.task = build_task(config.task, class_names or _default_class_names(config), threshold,
+                               config.eval.min_area)
         self.epoch = epoch
         self.config, self.mean, self.std = config, list(mean), list(std)
         self.threshold, self.device = threshold, device
@@ -130,7 +144,8 @@ class Predictor:
                 out[slot] = prob
         return out  # type: ignore[return-value]
 
-    def labels(self, probs: np.ndarray, threshold: float | None = None) -> np.ndarray:
-        """One image's probabilities from `predict_proba` -> uint8 (H, W) labels (binary: 0/1 at the threshold)."""
+    def labels(self, probs: np.ndarray, threshold: float | None = None, min_area: int | None = None) -> np.ndarray:
+        """One image's probabilities from `predict_proba` -> uint8 (H, W) labels (binary: 0/1 at the threshold,
+        all 0 when fewer than `min_area` pixels pass it; both default to the run's)."""
         batch = torch.from_numpy(probs[None, None] if probs.ndim == 2 else probs[None])
-        return self.task.decode(batch, self.threshold if threshold is None else threshold)[0].numpy()
+        return self.task.decode(batch, self.threshold if threshold is None else threshold, min_area)[0].numpy()
