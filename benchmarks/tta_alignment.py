@@ -6,7 +6,11 @@ and the plain view shifted by a few pixels, on the run's validation split; print
 A model that is flip-invariant scores the mirrored view like the plain one, and then averaging
 the two (`eval.tta: hflip`) usually helps. A model that depends on where a structure sits on its
 pooling grid (2^depth pixels) loses accuracy under a one-pixel shift too; averaging then mixes in a
-worse view. The shifted views roll the model-sized (padded) input and roll the output back.
+worse view. The shifted views roll the model-sized (padded) input and roll the output back;
+`--vshifts` moves it vertically, which on seismic data also moves the depth the model sees.
+
+    python benchmarks/tta_alignment.py runs/tgs-kornia-60min --data ../shared/data/tgs-salt --which last \
+        --shifts 1,4 --vshifts 4,-4
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ def main() -> int:
     parser.add_argument("run")
     parser.add_argument("--data", required=True)
     parser.add_argument("--which", default="best")
-    parser.add_argument("--shifts", default="1,2,8", help="pixel shifts to try, comma-separated")
+    parser.add_argument("--shifts", default="1,2,8", help="horizontal pixel shifts to try, comma-separated")
+    parser.add_argument("--vshifts", default="", help="vertical pixel shifts to try (depth moves), comma-separated")
     args = parser.parse_args()
     try:
         predictor = Predictor.load(resolve_checkpoint(args.run, args.which))
@@ -55,16 +60,20 @@ def main() -> int:
     def mirrored(x: torch.Tensor) -> torch.Tensor:
         return plain(x.flip(-1)).flip(-1)
 
-    def shifted(pixels: int):
+    def shifted(pixels: int, dim: int = -1):
         def view(x: torch.Tensor) -> torch.Tensor:
-            z = torch.roll(normalize(p.sizing.images(x), p.mean, p.std), pixels, dims=-1)
-            probs = torch.roll(forward_probs(p.model, z, p.precision, p.channels_last), -pixels, dims=-1)
+            z = torch.roll(normalize(p.sizing.images(x), p.mean, p.std), pixels, dims=dim)
+            probs = torch.roll(forward_probs(p.model, z, p.precision, p.channels_last), -pixels, dims=dim)
             return p.sizing.restore(probs, height, width)
         return view
 
+    def pixel_list(text: str) -> list[int]:
+        return [int(s) for s in text.split(",") if s.strip()]
+
     base, flip = batched(plain), batched(mirrored)
     views = [("plain", base), ("mirrored", flip), ("mean of plain and mirrored (hflip TTA)", (base + flip) / 2)]
-    views += [(f"plain, input rolled {s} px", batched(shifted(s))) for s in map(int, args.shifts.split(","))]
+    views += [(f"plain, input rolled {s} px sideways", batched(shifted(s))) for s in pixel_list(args.shifts)]
+    views += [(f"plain, input rolled {s} px down", batched(shifted(s, -2))) for s in pixel_list(args.vshifts)]
     print(f"{args.run} ({args.which} checkpoint, epoch {p.epoch}), {len(val)} validation images, threshold "
           f"{p.threshold:.2f}\n")
     print("| view | TGS metric | IoU | precision | recall |\n|---|---|---|---|---|")
