@@ -1,7 +1,8 @@
-"""`unetlab evaluate RUN --data DIR`: metrics at the operating threshold, a threshold sweep of
-salt-pixel precision/recall, and the seed's figure (image / truth / prediction for training and
-validation samples). Results go to RUN/evaluation/<checkpoint>-<split>[-tta-X][-tT].json (the
-suffixes only when TTA or threshold differ from the run's) and RUN/report.md lists them all.
+"""`unetlab evaluate RUN --data DIR`: metrics at the operating threshold and min area, a threshold
+sweep of salt-pixel precision/recall, a min-area sweep, and the seed's figure (image / truth /
+prediction for training and validation samples). Results go to
+RUN/evaluation/<checkpoint>-<split>[-tta-X][-tT][-aN].json (the suffixes only when TTA, threshold
+or min area differ from the run's) and RUN/report.md lists them all.
 """
 
 from __future__ import annotations
