@@ -625,6 +625,31 @@ def test_weighted_terms_join_at_their_start():
     torch.testing.assert_close(parts["dice"], multiclass_dice_loss(logits, labels))
 
 
+def test_a_term_stops_at_its_stop_bce_first_then_lovasz_alone():
+    cfg = LossConfig(terms=[{"name": "bce", "stop": 0.6}, {"name": "lovasz", "start": 0.5}])
+    loss = build_loss(cfg, "binary")
+    logits, target = random_case(seed=84)
+    bce, lovasz = bce_loss(logits, target), lovasz_hinge_loss(logits, target)
+    torch.testing.assert_close(loss(logits, target, 0.0), bce)
+    torch.testing.assert_close(loss(logits, target, 0.55), bce + lovasz)
+    torch.testing.assert_close(loss(logits, target, 0.6), lovasz)  # stop is exclusive
+    torch.testing.assert_close(loss(logits, target, 1.0), lovasz)
+    assert set(loss.components(logits, target, 0.7)) == {"lovasz"}
+    assert "1*bce..0.6" in repr(loss)
+
+
+@pytest.mark.parametrize("terms, needle", [
+    ([{"name": "bce", "start": 0.0, "stop": 0.0}], "stop"),
+    ([{"name": "bce", "stop": 0.4}, {"name": "lovasz", "start": 0.4, "stop": 0.3}], "stops at 0.3"),
+    ([{"name": "bce", "stop": 0.5}, {"name": "lovasz", "start": 0.6}], "from progress 0.5"),
+    ([{"name": "bce", "stop": 0.5}, {"name": "lovasz", "weight": 0, "start": 0.5}], "from progress 0.5"),
+])
+def test_stops_that_leave_nothing_to_train_are_refused(terms, needle):
+    with pytest.raises(ConfigError, match="loss.terms") as info:
+        load_config(None, [f"loss.terms={terms}"])
+    assert needle in str(info.value)
+
+
 def test_options_reach_the_terms():
     logits, target = random_case(seed=83)
     cfg = LossConfig(name="tversky", tversky_alpha=0.6, tversky_beta=0.1, smooth=0.5, dice_mode="image")

@@ -98,11 +98,23 @@ class ModelConfig(_Section):
 
 
 class LossTerm(_Section):
-    """One term of a composite loss: `weight` * loss `name`, counted once training progress reaches `start`."""
+    """One term of a composite loss: `weight` * loss `name`, counted while training progress is in [start, stop)."""
 
     name: Literal["bce", "ce", "dice", "focal", "tversky", "lovasz"]
     weight: float = Field(1.0, ge=0.0)
     start: float = Field(0.0, ge=0.0, le=1.0, description="share of training (0..1) after which the term joins")
+    stop: Optional[float] = Field(None, gt=0.0, le=1.0, description="share of training after which the term no "
+                                  "longer counts (e.g. BCE first, then Lovász alone); null: until the end")
+
+    def active(self, progress: float) -> bool:
+        return progress >= self.start and (self.stop is None or progress < self.stop)
+
+    @model_validator(mode="after")
+    def _stop_after_start(self) -> "LossTerm":
+        if self.stop is not None and self.stop <= self.start:
+            raise ConfigError(f"bad value for 'loss.terms': the {self.name} term stops at {self.stop:g}, not after "
+                              f"it starts ({self.start:g}); make stop larger than start or leave it unset")
+        return self
 
 
 class LossConfig(_Section):
@@ -158,6 +170,11 @@ class LossConfig(_Section):
             if not any(t.weight > 0 and t.start == 0 for t in self.terms):
                 raise ConfigError("bad value for 'loss.terms': no term with weight > 0 starts at 0, so nothing "
                                   "would be trained at first; give at least one such term")
+            # A gap can only open where a term stops: some weighted term must be active there.
+            for at in sorted({t.stop for t in self.terms if t.stop is not None}):
+                if at < 1.0 and not any(t.weight > 0 and t.active(at) for t in self.terms):
+                    raise ConfigError(f"bad value for 'loss.terms': from progress {at:g} no term with weight > 0 "
+                                      "is active, so nothing would be trained; let another term start by then")
         if self.pos_weight is not None and self.class_weights is not None:
             raise ConfigError("bad value for 'loss.pos_weight': both loss.pos_weight and loss.class_weights "
                               "weight the positives; set only one")

@@ -2,7 +2,8 @@
 
 `build_loss(cfg, task, classes, class_weights)` returns a callable
 `loss(logits, target, progress=0.0, valid=None) -> scalar float32 Tensor`: a weighted sum of terms,
-each of which joins once training progress (0..1) reaches its `start`. The terms come from
+each of which joins once training progress (0..1) reaches its `start` and, when it has a `stop`,
+leaves when progress reaches that (BCE first, then Lovász alone). The terms come from
 `cfg.terms` or from the preset `cfg.name` (`PRESETS`: data, not if-chains in the trainer).
 
 Tasks and shapes
@@ -344,12 +345,16 @@ def lovasz_softmax_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch
 
 @dataclass(frozen=True)
 class ResolvedTerm:
-    """A loss term ready to be evaluated: `weight * fn(logits, target, valid)` once progress >= start."""
+    """A loss term ready to be evaluated: `weight * fn(logits, target, valid)` while start <= progress < stop."""
 
     name: str
     weight: float
     start: float
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    stop: float | None = None
+
+    def active(self, progress: float) -> bool:
+        return progress >= self.start and (self.stop is None or progress < self.stop)
 
 
 #: The preset used when the config names neither a preset nor terms.
@@ -472,7 +477,7 @@ class CompositeLoss:
         logits = logits.float()
         out: dict[str, torch.Tensor] = {}
         for term in self.terms:
-            if progress >= term.start:
+            if term.active(progress):
                 key, k = term.name, 2
                 while key in out:
                     key, k = f"{term.name}#{k}", k + 1
@@ -485,7 +490,7 @@ class CompositeLoss:
         logits = logits.float()
         total = None
         for term in self.terms:
-            if progress >= term.start and term.weight > 0:
+            if term.active(progress) and term.weight > 0:
                 value = term.weight * term.fn(logits, target, valid)
                 total = value if total is None else total + value
         if total is None:  # nothing active yet: a zero that still backpropagates
@@ -493,7 +498,8 @@ class CompositeLoss:
         return total
 
     def __repr__(self) -> str:
-        terms = " + ".join(f"{t.weight:g}*{t.name}" + (f"@{t.start:g}" if t.start else "") for t in self.terms)
+        terms = " + ".join(f"{t.weight:g}*{t.name}" + (f"@{t.start:g}" if t.start else "")
+                           + (f"..{t.stop:g}" if t.stop is not None else "") for t in self.terms)
         return f"CompositeLoss({self.task}: {terms})"
 
 
@@ -507,6 +513,6 @@ def build_loss(cfg: LossConfig, task: str = "binary", classes: int = 1,
     """
     check_loss_config(cfg, task, classes)
     weights = _resolve_class_weights(cfg, task, classes, class_weights)
-    terms = [ResolvedTerm(t.name, t.weight, t.start, _term_function(t.name, cfg, task, weights))
+    terms = [ResolvedTerm(t.name, t.weight, t.start, _term_function(t.name, cfg, task, weights), t.stop)
              for t in loss_terms(cfg, task)]
     return CompositeLoss(terms, task, classes)
