@@ -61,8 +61,7 @@ class MulticlassTask:
 
     def __init__(self, class_names: list[str], threshold: float = 0.5, min_area: int = 0):
         self.class_names = list(class_names)
-        self.threshold = threshold  # unused: argmax decides
-        self.min_area = min_area  # unused: the config refuses it for multiclass
+        self.threshold = threshold  # unused: argmax decides (min_area too: the config refuses it here)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) float32 class probabilities."""

@@ -113,7 +113,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "sgd": lambda params, o, **kw: torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
                                                    nesterov=o.nesterov and o.momentum > 0, **kw),
     "rmsprop": lambda params, o, **kw: torch.optim.RMSprop(params, lr=o.lr, momentum=o.momentum,
-                                                           weight_decay=o.weight_decay),
+                                                           weight_decay=o.weight_decay, **kw),
 }
 #: Optimisers with a fused CUDA kernel (one launch for all parameters instead of several per tensor).
 FUSED_ON_CUDA = ("adam", "adamw", "sgd")

@@ -20,7 +20,7 @@ from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
 from unetlab.engine.checkpoint import resolve_checkpoint
 from unetlab.errors import UnetlabError
-from unetlab.inference.predictor import Predictor, check_min_area
+from unetlab.inference.predictor import Predictor, decoding_options
 from unetlab.metrics import BinarySegmentationMetrics, scores_over_thresholds
 from unetlab.viz import save_multiclass_samples, save_prediction_grid, save_threshold_curve
 
@@ -139,10 +139,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     checkpoint = resolve_checkpoint(run, which)
     run_dir = _run_dir(run)
     predictor = Predictor.load(checkpoint)
-    threshold = predictor.threshold if threshold is None else threshold
-    if not 0.0 < threshold < 1.0:
-        raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
-    min_area = check_min_area(predictor, min_area)
+    threshold, min_area = decoding_options(predictor, threshold, min_area)
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
         dataset = load_for_config(predictor.config, data_root)

@@ -6,16 +6,15 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-
-import numpy as np
 from typing import Callable, Sequence
 
+import numpy as np
 
 from unetlab.data.formats.tgs import IMAGE_SUFFIXES
 from unetlab.data.io import atomic_write_text, read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
-from unetlab.inference.predictor import Predictor, check_min_area
+from unetlab.inference.predictor import Predictor, decoding_options
 from unetlab.metrics import tag_safe_name
 from unetlab.viz import colorize_labels, label_palette, save_overlay
 
@@ -53,10 +52,7 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
             log: Callable[[str], None] = print, min_area: int | None = None) -> list[Path]:
     """Predict every image in `inputs`; returns the mask paths written."""
     predictor = Predictor.load(run, which)
-    threshold = predictor.threshold if threshold is None else threshold
-    if not 0.0 < threshold < 1.0:
-        raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
-    min_area = check_min_area(predictor, min_area)
+    threshold, min_area = decoding_options(predictor, threshold, min_area)
     files = collect_images(inputs)
     channels = predictor.config.model.in_channels
     multiclass = predictor.task.name == "multiclass"

@@ -76,16 +76,19 @@ def predict_batch(model: nn.Module, images: torch.Tensor, sizing: Sizing, mean: 
     return probs
 
 
-def check_min_area(predictor: "Predictor", min_area: int | None) -> int:
-    """The `--min-area` to use: the run's `eval.min_area` when None; refused for multiclass runs."""
+def decoding_options(predictor: "Predictor", threshold: float | None, min_area: int | None) -> tuple[float, int]:
+    """`--threshold` and `--min-area` checked, each defaulting to the run's; min area is binary-only."""
+    threshold = predictor.threshold if threshold is None else threshold
+    if not 0.0 < threshold < 1.0:
+        raise UnetlabError(f"--threshold {threshold}: must lie strictly between 0 and 1")
     if min_area is None:
-        return predictor.config.eval.min_area
+        return threshold, predictor.config.eval.min_area
     if min_area < 0:
         raise UnetlabError(f"--min-area {min_area}: must be 0 (keep every prediction) or a pixel count")
     if min_area and predictor.task.name != "binary":
         raise UnetlabError(f"--min-area {min_area}: only binary runs empty small predictions; this run is "
                            f"{predictor.task.name} (drop the option)")
-    return min_area
+    return threshold, min_area
 
 
 class Predictor:
