@@ -61,7 +61,7 @@ import torch.nn as nn
 from unetlab.config import Config
 from unetlab.engine.trainer import build_optimizer, prepare_batch, seed_everything, train_step
 from unetlab.errors import ConfigError
-from unetlab.inference.predictor import autocast, resolve_device
+from unetlab.engine.device import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss, loss_terms
 from unetlab.models import create_model
 

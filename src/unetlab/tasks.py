@@ -13,7 +13,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from unetlab.data.formats.tgs import ArrayDataset
+from unetlab.data.dataset import ArrayDataset
 from unetlab.data.splits import coverage_classes, dominant_class_strata
 from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics, drop_small_predictions
 

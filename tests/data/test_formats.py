@@ -16,7 +16,7 @@ from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.registry import FORMATS, read_dataset
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.formats.tgs import ArrayDataset
+from unetlab.data.dataset import ArrayDataset
 from unetlab.data.io import read_image, read_index_mask
 from unetlab.errors import DataError
 

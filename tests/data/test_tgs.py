@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetlab.data.formats.tgs import ArrayDataset, list_pairs, load_tgs, read_depths
+from unetlab.data.dataset import ArrayDataset
+from unetlab.data.formats.tgs import list_pairs, load_tgs, read_depths
 from unetlab.data.rle import rle_decode
 from unetlab.data.synthetic import write_tgs_dataset
 from unetlab.errors import DataError

@@ -32,7 +32,7 @@ import torch.nn as nn
 from unetlab.config import Config, config_from_dict, load_config
 from unetlab.data.augment import build_batch_augment, random_crop
 from unetlab.data.formats.registry import load_for_config
-from unetlab.data.formats.tgs import ArrayDataset
+from unetlab.data.dataset import ArrayDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.sizing import Sizing
 from unetlab.data.splits import kfold_splits, load_kfold, load_split, save_kfold, save_split, stratified_split
@@ -46,7 +46,7 @@ from unetlab.engine.distributed import (
 from unetlab.engine.rng import capture_rng, restore_rng
 from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import ConfigError, UnetlabError
-from unetlab.inference.predictor import autocast, resolve_device
+from unetlab.engine.device import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss
 from unetlab.models import create_model
 from unetlab.tasks import build_task

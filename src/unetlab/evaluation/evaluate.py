@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from unetlab.data.formats.registry import load_for_config
-from unetlab.data.formats.tgs import ArrayDataset
+from unetlab.data.dataset import ArrayDataset
 from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
 from unetlab.engine.checkpoint import resolve_checkpoint

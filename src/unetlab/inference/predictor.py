@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -14,6 +13,7 @@ from unetlab.config import Config, config_from_dict
 from unetlab.data.sizing import Sizing
 from unetlab.data.tensors import images_to_tensor, normalize
 from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from unetlab.engine.device import autocast, resolve_device
 from unetlab.errors import UnetlabError
 from unetlab.models import create_model
 from unetlab.tasks import build_task
@@ -24,22 +24,6 @@ def _default_class_names(config: Config) -> list[str]:
     if config.task == "binary":
         return ["background", "salt"]
     return [f"class_{k}" for k in range(config.model.classes)]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 / fp16 autocast on `device`, or nothing for fp32 (fp16 is only offered on CUDA)."""
-    if precision in _AUTOCAST_DTYPES:
-        return torch.autocast(device.type, dtype=_AUTOCAST_DTYPES[precision])
-    return contextlib.nullcontext()
 
 
 @torch.no_grad()

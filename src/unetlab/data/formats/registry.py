@@ -13,7 +13,8 @@ from unetlab.data.formats.folders import read_folders
 from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.formats.tgs import ArrayDataset, load_tgs
+from unetlab.data.dataset import ArrayDataset
+from unetlab.data.formats.tgs import load_tgs
 from unetlab.errors import ConfigError, DataError
 
 

@@ -105,7 +105,7 @@ class SegmentationSamples:
         (bilinear; masks nearest) when `size` is given, else refused. `channels` 1 reduces RGB to
         luminance (exactly when the channels are equal); 3 keeps RGB (grey is repeated).
         """
-        from unetlab.data.formats.tgs import ArrayDataset
+        from unetlab.data.dataset import ArrayDataset
 
         self.check()
         if task == "binary" and not self.is_binary:

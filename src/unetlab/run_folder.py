@@ -1,0 +1,211 @@
+"""`RunFolder`: the one object that knows where a run keeps what.
+
+    runs/<name>-<time>/
+      config.yaml            the resolved config, as used
+      split.json             train / val ids, seed, how it was stratified (and which fold)
+      folds.json             with data.folds >= 2: every fold, for the other folds' runs to reuse
+      metrics.csv            one row per epoch
+      events.out.tfevents.*  TensorBoard
+      checkpoints/{best,last}.pt
+      evaluation/<checkpoint>-<split>.json
+      figures/*.png
+      export/model.onnx, model.ts.pt
+      report.md
+
+Train, evaluate, predict, export, plot and the demo ask it for paths and for reading and writing
+these files; every write goes through `unetlab.files` (temporary name, then rename).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
+from unetlab.errors import UnetlabError
+from unetlab.files import atomic_write_text, remove_stale_temporaries
+
+if TYPE_CHECKING:
+    from unetlab.config import Config
+
+#: metrics.csv columns that count epochs and steps: read back as integers, as the live run writes them.
+_COUNTER_COLUMNS = ("epoch", "step")
+
+
+class RunFolder:
+    CONFIG = "config.yaml"
+    SPLIT = "split.json"
+    FOLDS = "folds.json"
+    METRICS = "metrics.csv"
+    REPORT = "report.md"
+    CHECKPOINTS = "checkpoints"
+    EVALUATION = "evaluation"
+    FIGURES = "figures"
+    EXPORT = "export"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # ------------------------------------------------------------------ finding and creating runs
+
+    @classmethod
+    def new_path(cls, base: str | Path, name: str) -> Path:
+        """`base/<name>-<YYYYmmdd-HHMMSS>`, with a suffix when that folder already exists."""
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(base) / f"{name}-{stamp}"
+        suffix = 1
+        while path.exists():
+            suffix += 1
+            path = Path(base) / f"{name}-{stamp}-{suffix}"
+        return path
+
+    @classmethod
+    def create(cls, path: str | Path) -> "RunFolder":
+        """Make the folder and its sub-folders; an existing non-empty folder is refused (runs are never overwritten)."""
+        run = cls(path)
+        if run.path.exists() and not run.path.is_dir():
+            raise UnetlabError(f"{run.path}: exists and is a file; choose another --out for the run folder")
+        if run.path.is_dir() and any(run.path.iterdir()):
+            raise UnetlabError(f"{run.path}: run folder exists and is not empty; choose another --out "
+                               "(runs are never overwritten)")
+        (run.path / cls.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        (run.path / cls.FIGURES).mkdir(exist_ok=True)
+        return run
+
+    @classmethod
+    def of(cls, run_or_checkpoint: str | Path) -> "RunFolder":
+        """The run a folder or a checkpoint file (`<run>/checkpoints/x.pt`, or a loose file's folder) belongs to."""
+        path = Path(run_or_checkpoint)
+        if path.is_dir():
+            return cls(path)
+        return cls(path.parent.parent if path.parent.name == cls.CHECKPOINTS else path.parent)
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def split_path(self) -> Path:
+        return self.path / self.SPLIT
+
+    @property
+    def folds_path(self) -> Path:
+        return self.path / self.FOLDS
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / self.REPORT
+
+    def checkpoint_path(self, which: str = "best") -> Path:
+        return self.path / self.CHECKPOINTS / f"{which}.pt"
+
+    def evaluation_path(self, tag: str) -> Path:
+        return self.path / self.EVALUATION / f"{tag}.json"
+
+    def evaluation_paths(self) -> list[Path]:
+        return sorted((self.path / self.EVALUATION).glob("*.json"))
+
+    def figure_path(self, name: str) -> Path:
+        return self.path / self.FIGURES / name
+
+    def export_path(self, name: str) -> Path:
+        return self.path / self.EXPORT / name
+
+    # ------------------------------------------------------------------ config
+
+    def write_config(self, config: "Config") -> Path:
+        return atomic_write_text(self.config_path, config.to_yaml())
+
+    def read_config(self, overrides: list[str] | None = None) -> "Config":
+        from unetlab.config import load_config
+
+        if not self.config_path.is_file():
+            raise UnetlabError(f"{self.path}: no {self.CONFIG}; pass a run folder written by 'unetlab train'")
+        return load_config(self.config_path, overrides)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def has_checkpoint(self, which: str = "best") -> bool:
+        return self.checkpoint_path(which).is_file()
+
+    def save_checkpoint(self, which: str, payload: dict[str, Any]) -> Path:
+        return save_checkpoint(self.checkpoint_path(which), payload)
+
+    def load_checkpoint(self, which: str = "best") -> dict[str, Any]:
+        return load_checkpoint(self.checkpoint_path(which))
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Temporaries of writes a killed process never finished (checkpoints, metrics, figures)."""
+        removed: list[Path] = []
+        for folder in (self.path, self.path / self.CHECKPOINTS, self.path / self.FIGURES,
+                       self.path / self.EVALUATION, self.path / self.EXPORT):
+            if folder.is_dir():
+                removed += remove_stale_temporaries(folder)
+        return removed
+
+    # ------------------------------------------------------------------ metrics history
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> Path:
+        """metrics.csv: one row per epoch, columns in order of first appearance, rewritten atomically."""
+        columns: list[str] = []
+        for row in rows:
+            columns += [key for key in row if key not in columns]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        return atomic_write_text(self.metrics_path, buffer.getvalue())
+
+    def read_metrics(self, up_to_epoch: float = math.inf) -> list[dict[str, float]]:
+        """Rows of metrics.csv as floats (blank = NaN; epoch and step as int), epochs 1..up_to_epoch.
+
+        A missing file gives no rows; a file that is not a metrics.csv of `unetlab train` is refused.
+        """
+        path = self.metrics_path
+        if not path.is_file():
+            return []
+        try:
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                raw_rows = list(reader)
+                columns = [c for c in (reader.fieldnames or []) if c]
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise UnetlabError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); pass the run folder "
+                               "that `unetlab train` wrote") from None
+        if raw_rows and "epoch" not in columns:
+            raise UnetlabError(f"{path}: not a metrics.csv of `unetlab train` (no 'epoch' column, columns are "
+                               f"{', '.join(columns[:8])}); pass a run folder written by `unetlab train`")
+        rows = []
+        for raw in raw_rows:
+            row = {key: _to_float(value) for key, value in raw.items() if key}
+            for key in _COUNTER_COLUMNS:
+                if key in row and math.isfinite(row[key]):
+                    row[key] = int(row[key])  # type: ignore[assignment]
+            if row.get("epoch", math.inf) <= up_to_epoch:
+                rows.append(row)
+        return rows
+
+
+def _to_float(value: Any) -> float:
+    if value in ("", None):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
