@@ -23,10 +23,10 @@ import torch
 from unetlab.data.formats.registry import load_for_config
 from unetlab.data.splits import load_split
 from unetlab.data.tensors import images_to_tensor, normalize
-from unetlab.engine.checkpoint import resolve_checkpoint
 from unetlab.errors import UnetlabError
 from unetlab.inference.predictor import Predictor, forward_probs, predict_batch
 from unetlab.metrics import BinarySegmentationMetrics
+from unetlab.run_folder import RunFolder
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--vshifts", default="", help="vertical pixel shifts to try (depth moves), comma-separated")
     args = parser.parse_args()
     try:
-        predictor = Predictor.load(resolve_checkpoint(args.run, args.which))
+        predictor = Predictor.load(RunFolder.resolve_checkpoint(args.run, args.which))
         if predictor.task.name != "binary":
             raise UnetlabError(f"{args.run}: a binary run is needed (this one is {predictor.task.name})")
         dataset = load_for_config(predictor.config, args.data)

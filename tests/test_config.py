@@ -12,7 +12,7 @@ from unetlab.config import Config, apply_overrides, config_from_dict, load_confi
 from unetlab.errors import ConfigError, UnetlabError
 
 REPO = Path(__file__).resolve().parents[1]
-TGS_CONFIG = REPO / "configs" / "tgs-salt.yaml"
+TGS_CONFIG = REPO / "src" / "unetlab" / "configs" / "tgs-salt.yaml"
 
 
 def write_yaml(path: Path, data: object) -> Path:
@@ -306,6 +306,41 @@ def test_top_level_not_a_mapping_names_file(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+# ----------------------------------------------------------------------------- built-in recipes
+
+
+def test_builtin_recipe_by_name_from_any_directory(tmp_path, monkeypatch):
+    from unetlab.recipes import recipe_description, recipe_names
+
+    monkeypatch.chdir(tmp_path)
+    assert recipe_names() == ["case-study", "tgs-salt"]
+    assert load_config("tgs-salt") == load_config(TGS_CONFIG)
+    assert load_config("case-study", ["train.epochs=3"]).name == "case-study"
+    assert all(recipe_description(name) for name in recipe_names())  # `unetlab configs` shows them
+
+
+def test_existing_path_wins_over_a_builtin_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tgs-salt").write_text("name: mine\n")
+    assert load_config("tgs-salt").name == "mine"
+
+
+@pytest.mark.parametrize("given, what", [("tgs_salt", "no such config file or built-in recipe"),
+                                         ("configs/tgs-salt.yaml", "config file not found")])
+def test_unknown_recipe_lists_the_builtins(given, what, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config(given)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{given}: {what}")
+    assert "case-study, tgs-salt" in message and "YAML" in message
+
+
+def test_bad_value_in_a_builtin_names_the_recipe():
+    with pytest.raises(ConfigError, match=r"tgs-salt \(built-in recipe\) with --set: bad value for 'train.epochs'"):
+        load_config("tgs-salt", ["train.epochs=0"])
 
 
 # ----------------------------------------------------------------------------- known defects

@@ -13,10 +13,11 @@ from hypothesis import strategies as st
 
 from unetlab.config import LossConfig, LossTerm, load_config
 from unetlab.errors import ConfigError
-from unetlab.losses import (PRESETS, TERM_TASKS, CompositeLoss, bce_loss, binary_focal_loss, build_loss,
-                            check_loss_config, cross_entropy_loss, loss_terms, lovasz_hinge_loss,
-                            lovasz_softmax_loss, multiclass_dice_loss, multiclass_focal_loss,
-                            multiclass_tversky_loss, soft_dice_loss, tversky_loss)
+from unetlab.losses import (PRESETS, TASK_DEFAULT_PRESET, CompositeLoss, bce_loss, binary_focal_loss, build_loss,
+                            check_loss_config, cross_entropy_loss, list_losses, list_presets, loss_spec, loss_terms,
+                            lovasz_hinge_loss, lovasz_softmax_loss, multiclass_dice_loss, multiclass_focal_loss,
+                            multiclass_tversky_loss, register_loss, registered_loss, soft_dice_loss, tversky_loss,
+                            unregister_loss)
 
 LOSS_NAMES = ["bce", "dice", "bce_dice", "lovasz", "bce_lovasz"]
 
@@ -583,18 +584,96 @@ def test_lovasz_softmax_perfect_is_zero_and_wrong_is_high():
 # ----------------------------------------------------------------------------- build_loss: presets and terms
 
 
-def test_presets_are_the_config_names_and_known_terms():
-    (literal, _none) = LossConfig.model_fields["name"].annotation.__args__
-    assert set(PRESETS) == set(literal.__args__)
-    term_names = set(LossTerm.model_fields["name"].annotation.__args__)
-    assert term_names == set(TERM_TASKS)
-    assert all(term in term_names for preset in PRESETS.values() for term, _, _ in preset)
+def test_presets_are_data_over_registered_terms():
+    assert list_presets() == list(PRESETS)
+    assert all(term in list_losses() for preset in PRESETS.values() for term, _, _ in preset)
+    for task, preset in TASK_DEFAULT_PRESET.items():
+        assert all(task in loss_spec(term).tasks for term, _, _ in PRESETS[preset])
+    # the config holds names as text, checked against the registry and the presets
+    assert LossTerm.model_fields["name"].annotation is str
+    for name in list_presets():
+        assert LossConfig(name=name).name == name
+
+
+def test_every_registered_term_reads_only_loss_config_options():
+    for name in list_losses():
+        spec = loss_spec(name)
+        assert set(spec.options) <= set(LossConfig.model_fields), name
+        assert spec.tasks and set(spec.tasks) <= {"binary", "multiclass"}
+        for task, fix in spec.instead.items():
+            assert task not in spec.tasks and task in loss_spec(fix).tasks, name
+
+
+def _documented_terms() -> dict[str, set[str]]:
+    """The term table of unetlab.losses' docstring: term -> the tasks marked yes."""
+    import unetlab.losses
+
+    lines = unetlab.losses.__doc__.split("Terms and the tasks they fit", 1)[1].splitlines()
+    rules = [i for i, line in enumerate(lines) if line.startswith("=====")]
+    table = {}
+    for line in lines[rules[1] + 1:rules[2]]:
+        cells = line.split()
+        if cells and not line.startswith(" "):
+            table[cells[0]] = {task for task, mark in zip(("binary", "multiclass"), cells[1:3]) if mark == "yes"}
+    return table
+
+
+def test_every_registered_term_is_in_the_docs_table():
+    documented = _documented_terms()
+    assert sorted(documented) == list_losses()
+    for name, tasks in documented.items():
+        assert tasks == set(loss_spec(name).tasks), name
+
+
+def _l1_on_sigmoid(options, task, class_weights):
+    """A term defined only here: mean |sigmoid(logits) - target| over the valid pixels."""
+    def fn(logits, target, valid):
+        error = (torch.sigmoid(logits.float()) - target.float().reshape(logits.shape)).abs()
+        keep = torch.ones_like(error) if valid is None else valid.reshape(error.shape).float()
+        return (error * keep).sum() / keep.sum().clamp_min(1.0)
+    return fn
+
+
+def test_a_loss_registered_here_works_through_the_config_and_build_loss():
+    logits, target = random_case(seed=77)
+    with registered_loss("mytest", _l1_on_sigmoid, tasks=("binary",)) as spec:
+        assert spec.name == "mytest" and "mytest" in list_losses()
+        cfg = load_config(None, ["loss.terms=[{name: mytest}, {name: bce, weight: 0.5}]"])
+        loss = build_loss(cfg.loss, cfg.task, cfg.model.classes)
+        expected = (torch.sigmoid(logits) - target).abs().mean() + 0.5 * bce_loss(logits, target)
+        torch.testing.assert_close(loss(logits, target), expected)
+        assert set(loss.components(logits, target)) == {"mytest", "bce"}
+        with pytest.raises(ConfigError, match=r"'loss.terms': term 'mytest' is for task binary; use one of .*dice"):
+            load_config(None, ["task=multiclass", "model.classes=3", "loss.terms=[{name: mytest}]"])
+        with pytest.raises(ValueError, match="twice"):
+            register_loss("mytest")(_l1_on_sigmoid)
+    assert "mytest" not in list_losses()
+    with pytest.raises(ConfigError, match=r"'loss.terms.0.name': unknown loss term 'mytest'; choose one of bce, ce"):
+        load_config(None, ["loss.terms=[{name: mytest}]"])
+
+
+def test_a_registered_term_gets_the_options_it_declares():
+    seen = {}
+
+    def builder(options, task, class_weights):
+        seen.update(options, task=task, weights=class_weights(torch.device("cpu")))
+        return lambda logits, target, valid: logits.float().mean() * 0
+
+    register_loss("_opts", options=("smooth", "class_weights"))(builder)
+    try:
+        build_loss(LossConfig(terms=[{"name": "_opts"}], smooth=0.25), "multiclass", 3, class_weights=[1, 2, 3])
+    finally:
+        unregister_loss("_opts")
+    assert seen.pop("smooth") == 0.25 and seen.pop("task") == "multiclass"
+    assert seen.pop("weights").tolist() == [1.0, 2.0, 3.0] and not seen
+    with pytest.raises(ValueError, match="tasks"):
+        register_loss("_bad", tasks=("regression",))
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_every_preset_builds_for_the_tasks_it_fits(name):
     fits = [task for task in ("binary", "multiclass")
-            if all(task in TERM_TASKS[term] for term, _, _ in PRESETS[name])]
+            if all(task in loss_spec(term).tasks for term, _, _ in PRESETS[name])]
     assert fits
     for task in fits:
         logits, target = case_for(task, seed=80)
@@ -860,3 +939,20 @@ def test_unset_name_is_the_task_default():
     assert [t.name for t in loss_terms(load_config(None, ["loss.name=null"]).loss)] == ["bce"]
     multiclass = load_config(None, ["task=multiclass", "model.classes=4"])
     assert [t.name for t in loss_terms(multiclass.loss, "multiclass")] == ["ce"]
+
+
+def test_losses_does_not_import_the_config_at_run_time():
+    """config -> losses only: losses names config types for type checkers alone (no import cycle)."""
+    import ast
+    from pathlib import Path
+
+    import unetlab.losses
+
+    tree = ast.parse(Path(unetlab.losses.__file__).read_text())
+    guarded = {id(node) for block in tree.body if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+               for node in ast.walk(block)}
+    imports = [node for node in ast.walk(tree) if isinstance(node, (ast.Import, ast.ImportFrom))
+               and id(node) not in guarded
+               and any("unetlab.config" in name for name in [getattr(node, "module", None) or ""]
+                       + [alias.name for alias in node.names])]
+    assert not imports

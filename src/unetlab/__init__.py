@@ -1,6 +1,6 @@
 """unetlab: U-Net semantic segmentation, from seismic salt bodies to your own image/mask folders."""
 
-__version__ = "0.1.0"
+from unetlab._version import __version__
 
 from unetlab.api import (  # noqa: E402
     Config, Predictor, TrainResult, bench_train, create_model, demo, evaluate, list_models, load_config,

@@ -1,19 +1,23 @@
 """The Python API that the CLI itself uses.
 
     from unetlab import load_config, train, evaluate, predict, demo, create_model
-    result = train(load_config("configs/tgs-salt.yaml"), data_root="data/tgs-salt")
+    result = train(load_config("tgs-salt"), data_root="data/tgs-salt")
     evaluate(result.run_dir, "data/tgs-salt")
+
+`train` and `resume` take `callbacks=[...]` (subclasses of `unetlab.engine.callbacks.Callback`) to
+watch or stop a run: a study cell, a pruner, a progress display.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from unetlab.bench import bench_train
 from unetlab.config import Config, load_config
 from unetlab.data.formats.registry import load_for_config
 from unetlab.demo import demo
+from unetlab.engine.callbacks import Callback
 from unetlab.engine.distributed import world_from_env
 from unetlab.engine.trainer import TrainResult
 from unetlab.engine.trainer import resume as _resume
@@ -22,18 +26,19 @@ from unetlab.evaluation import evaluate
 from unetlab.inference.predict import predict
 from unetlab.inference.predictor import Predictor
 from unetlab.models import create_model, list_models
-from unetlab.viz import plot_runs
+from unetlab.run_folder import RunFolder
+from unetlab.evaluation.curves import plot_runs
 
 
 def train(config: Config, data_root: str | Path | None = None, run_dir: str | Path | None = None,
           runs_base: str | Path = "runs", progress: bool = True, evaluate_after: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
+          log: Callable[[str], None] = print, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Train, then score the best checkpoint on the validation split (report.md + figures)."""
     root = data_root if data_root is not None else config.data.root
     # Decoded once for training and evaluation.
     dataset = load_for_config(config, root) if root is not None else None
     result = _train(config, data_root=root, run_dir=run_dir, runs_base=runs_base, progress=progress, log=log,
-                    dataset=dataset)
+                    dataset=dataset, callbacks=callbacks)
     if evaluate_after and dataset is not None and world_from_env().is_main:
         evaluate(result.run_dir, root, dataset=dataset, log=log,  # type: ignore[arg-type]
                  command=f"unetlab evaluate {result.run_dir} --data {root}")
@@ -41,17 +46,20 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
 
 
 def resume(run_dir: str | Path, data_root: str | Path | None = None, overrides: list[str] | None = None,
-           progress: bool = True, evaluate_after: bool = True, log: Callable[[str], None] = print) -> TrainResult:
+           progress: bool = True, evaluate_after: bool = True, log: Callable[[str], None] = print,
+           callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Continue a run from its last checkpoint, then score its best checkpoint like `train`."""
-    cfg = load_config(Path(run_dir) / "config.yaml") if (Path(run_dir) / "config.yaml").is_file() else None
+    run = RunFolder(run_dir)
+    cfg = run.read_config() if run.config_path.is_file() else None
     root = data_root if data_root is not None else (cfg.data.root if cfg is not None else None)
     dataset = load_for_config(cfg, root) if cfg is not None and root is not None else None
-    result = _resume(run_dir, data_root=root, progress=progress, log=log, dataset=dataset, overrides=overrides)
+    result = _resume(run_dir, data_root=root, progress=progress, log=log, dataset=dataset, overrides=overrides,
+                     callbacks=callbacks)
     if evaluate_after and dataset is not None and world_from_env().is_main:
         evaluate(result.run_dir, root, dataset=dataset, log=log,  # type: ignore[arg-type]
                  command=f"unetlab evaluate {result.run_dir} --data {root}")
     return result
 
 
-__all__ = ["Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
+__all__ = ["Callback", "Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
            "list_models", "load_config", "plot_runs", "predict", "resume", "train"]

@@ -59,7 +59,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.config import Config
-from unetlab.engine.trainer import build_optimizer, prepare_batch, seed_everything, train_step
+from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, train_step
 from unetlab.errors import ConfigError
 from unetlab.engine.device import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss, loss_terms
@@ -354,10 +354,8 @@ def _memory_probe_main() -> None:
 def _cpu_memory_probes(names: tuple[str, ...], cfg: Config, data: BenchData, size: int, batch_size: int,
                        steps: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Each path alone in a fresh Python process; see the module docstring for what the number means."""
-    import unetlab
-
     env = dict(os.environ)
-    package_root = str(Path(unetlab.__file__).resolve().parents[1])
+    package_root = str(Path(__file__).resolve().parents[1])  # the folder holding the unetlab package
     env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="unetlab-bench-") as tmp:
@@ -569,11 +567,8 @@ def bench_models(specs: dict[str, dict] | None = None, sizes: tuple[int, ...] = 
     from unetlab.models.summary import count_flops, count_parameters, receptive_field
 
     dev = resolve_device(device)
-    if specs is None:
-        from unetlab.models.unet import unet_variants
-
+    if specs is None:  # every registered name: base architectures and their named variants
         specs = {name: {"name": name} for name in list_models()}
-        specs.update({label: {"name": "unet", **opts} for label, opts in unet_variants().items() if label != "unet"})
     loss_fn = build_loss(Config().loss)
     rows = []
     for label, spec in specs.items():

@@ -230,7 +230,7 @@ def bench_train_command(
 @bench_app.command("models")
 def bench_models_command(
     sizes: List[int] = typer.Option([128, 256], "--size", min=16, help="input side(s) in pixels"),
-    model: List[str] = typer.Option([], "--model", help="only these registered models or U-Net variants"),
+    model: List[str] = typer.Option([], "--model", help="only these registered models (named variants included)"),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     steps: int = typer.Option(3, "--steps", min=1, help="timed steps per measurement (median reported)"),
     max_seconds: float = typer.Option(30.0, "--max-seconds", help="stop timing a model after this long"),
@@ -240,16 +240,13 @@ def bench_models_command(
     """Every model: parameters, GFLOPs, receptive field, inference and training images/s."""
     from unetlab.bench import bench_models
     from unetlab.models.registry import list_models
-    from unetlab.models.unet import unet_variants
 
     specs = None
     if model:
-        known = {name: {"name": name} for name in list_models()}
-        known.update({label: {"name": "unet", **opts} for label, opts in unet_variants().items()})
-        unknown = [m for m in model if m not in known]
+        unknown = [m for m in model if m not in list_models()]
         if unknown:
-            _fail(f"--model {unknown[0]}: unknown; choose from {', '.join(sorted(known))}")
-        specs = {m: known[m] for m in model}
+            _fail(f"--model {unknown[0]}: unknown; choose from {', '.join(list_models())}")
+        specs = {m: {"name": m} for m in model}
     bench_models(specs, sizes=tuple(sizes), batch_size=batch_size, steps=steps, max_seconds=max_seconds,
                  skip_gflops=skip_gflops, out=out)
 
@@ -269,18 +266,17 @@ def _parse_size(text: str) -> tuple[int, int]:
 def models(
     size: str = typer.Option("128x128", "--size", help="input size HxW for GFLOPs and receptive field"),
     in_channels: int = typer.Option(1, "--in-channels", min=1),
-    variants: bool = typer.Option(False, "--variants", help="also list the named U-Net variants of the studies"),
+    base_only: bool = typer.Option(False, "--base-only", help="only the base architectures, not their named "
+                                   "variants (unet-add, fcn-small, ...)"),
+    variants: bool = typer.Option(False, "--variants", hidden=True, help="no effect: variants are listed by default"),
 ) -> None:
-    """Every registered model: parameters, GFLOPs per image at --size, receptive field."""
+    """Every registered model, named variants included: parameters, GFLOPs per image at --size, receptive field."""
+    from unetlab.models.registry import list_models
     from unetlab.models.summary import model_table, print_model_table
-    from unetlab.models.unet import unet_variants
 
     height, width = _parse_size(size)
-    rows = model_table(None, in_channels=in_channels, size=(height, width), rf_max_size=256)
-    if variants:
-        named = {label: {"name": "unet", **options} for label, options in unet_variants().items() if label != "unet"}
-        rows += model_table(named, in_channels=in_channels, size=(height, width), rf_max_size=256)
-    print_model_table(rows)
+    names = {name: {"name": name} for name in list_models(variants=not base_only)}
+    print_model_table(model_table(names, in_channels=in_channels, size=(height, width), rf_max_size=256))
 
 
 @app.command()

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from unetlab.errors import ConfigError
+from unetlab.recipes import read_config_source
 
 
 class _Section(BaseModel):
@@ -47,16 +49,10 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _known_format(self) -> "DataConfig":
-        from unetlab.data.formats.registry import FORMATS, format_options
+        from unetlab.data.formats.registry import resolve_format
 
-        key = self.format.strip().lower().replace("_", "-")
-        if key not in FORMATS:
-            raise ConfigError(f"bad value for 'data.format': unknown format {self.format!r}; "
-                              f"choose one of {', '.join(FORMATS)}")
-        unknown = sorted(set(self.options) - set(format_options(key)))
-        if unknown:
-            raise ConfigError(f"unknown config key 'data.options.{unknown[0]}': format {key!r} takes "
-                              f"{', '.join(format_options(key)) or 'no options'}")
+        resolve_format(self.format, self.options, field="data.format", option_prefix="data.options.",
+                       error=ConfigError)
         return self
 
 
@@ -100,7 +96,7 @@ class ModelConfig(_Section):
 class LossTerm(_Section):
     """One term of a composite loss: `weight` * loss `name`, counted while training progress is in [start, stop)."""
 
-    name: Literal["bce", "ce", "dice", "focal", "tversky", "lovasz"]
+    name: str = Field(description="a registered loss term (unetlab.losses.list_losses())")
     weight: float = Field(1.0, ge=0.0)
     start: float = Field(0.0, ge=0.0, le=1.0, description="share of training (0..1) after which the term joins")
     stop: Optional[float] = Field(None, gt=0.0, le=1.0, description="share of training after which the term no "
@@ -108,6 +104,16 @@ class LossTerm(_Section):
 
     def active(self, progress: float) -> bool:
         return progress >= self.start and (self.stop is None or progress < self.stop)
+
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        from unetlab.losses import list_losses
+
+        if name not in list_losses():
+            raise PydanticCustomError("unknown_loss_term", "unknown loss term {name}; choose one of {names}",
+                                      {"name": repr(name), "names": ", ".join(list_losses())})
+        return name
 
     @model_validator(mode="after")
     def _stop_after_start(self) -> "LossTerm":
@@ -122,11 +128,11 @@ class LossConfig(_Section):
 
     Presets (unetlab.losses.PRESETS): bce, dice, bce_dice, lovasz, bce_lovasz (binary; dice and
     lovasz work for both tasks), ce, ce_dice, ce_lovasz (multiclass), focal, tversky (both).
-    Which term fits which task is checked by `unetlab.losses.build_loss`.
+    Term names come from the loss registry (`unetlab.losses.list_losses()`); which term fits which
+    task is checked by `unetlab.losses.check_loss_config`.
     """
 
-    name: Optional[Literal["bce", "dice", "bce_dice", "lovasz", "bce_lovasz",
-                           "ce", "ce_dice", "ce_lovasz", "focal", "tversky"]] = Field(
+    name: Optional[str] = Field(
         None, description="a preset; unset (null) = the task's default: bce for binary, ce for multiclass")
     terms: Optional[list[LossTerm]] = Field(
         None, description="replaces the preset, e.g. [{name: ce}, {name: dice, weight: 0.5}]; leave name unset")
@@ -145,6 +151,16 @@ class LossConfig(_Section):
         None, description="bce/ce/focal per-class weights: inverse | median (from the training masks) | "
                           "one float per class (binary: [background, foreground])")
     smooth: float = Field(1.0, gt=0.0, description="Dice/Tversky smoothing: keeps empty masks finite")
+
+    @field_validator("name")
+    @classmethod
+    def _known_preset(cls, name: Optional[str]) -> Optional[str]:
+        from unetlab.losses import list_presets
+
+        if name is not None and name not in list_presets():
+            raise PydanticCustomError("unknown_loss_preset", "unknown loss preset {name}; choose one of {names}, "
+                                      "or give loss.terms", {"name": repr(name), "names": ", ".join(list_presets())})
+        return name
 
     @model_validator(mode="before")
     @classmethod
@@ -313,7 +329,7 @@ def _format_validation_error(exc: ValidationError, source: str) -> str:
     first = exc.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown config key '{key}'; check the spelling (see configs/ for every key)"
+        return f"{source}: unknown config key '{key}'; check the spelling (`unetlab configs` lists complete recipes)"
     return f"{source}: bad value for '{key}': {first['msg']}"
 
 
@@ -357,22 +373,20 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at `path` (if any), then `overrides` (`a.b=value`)."""
+    """Defaults, then the YAML file at `path` or the built-in recipe of that name (`load_config("tgs-salt")`,
+    see `unetlab.recipes`), then `overrides` (`a.b=value`)."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; pass an existing YAML file to --config")
+        text, source = read_config_source(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+            raise ConfigError(f"{source}: the top level must be a mapping of sections")
         data = loaded
     if overrides:
         apply_overrides(data, overrides)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
@@ -10,6 +9,7 @@ from unetlab.config import Config, apply_overrides, config_from_dict
 from unetlab.data.synthetic import write_tgs_dataset
 from unetlab.engine.trainer import TrainResult, train
 from unetlab.evaluation import evaluate
+from unetlab.run_folder import RunFolder
 
 DEMO_SETTINGS = {
     "name": "demo",
@@ -30,7 +30,7 @@ def demo_config(minutes: float, overrides: list[str] | None = None) -> Config:
 def demo(out_dir: str | Path | None = None, minutes: float = 3.0, images: int = 400, seed: int = 0,
          overrides: list[str] | None = None, progress: bool = True,
          log: Callable[[str], None] = print) -> TrainResult:
-    out = Path(out_dir) if out_dir else Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}"
+    out = Path(out_dir) if out_dir else RunFolder.new_path("runs", "demo")
     data_dir = out / "synthetic-data"
     log(f"unetlab demo: the data is SYNTHETIC ({images} generated seismic-like 101x101 images with salt "
         f"bodies, seed {seed}), written to {data_dir}; train on real data with 'unetlab train --data DIR'.")
@@ -38,5 +38,6 @@ def demo(out_dir: str | Path | None = None, minutes: float = 3.0, images: int = 
     cfg = demo_config(minutes, overrides)
     result = train(cfg, data_root=data_dir, run_dir=out / "run", progress=progress, log=log)
     evaluate(result.run_dir, data_dir, log=log, command=f"unetlab evaluate {result.run_dir} --data {data_dir}")
-    log(f"demo finished: figures in {result.run_dir / 'figures'} (synthetic data, not a real-data result)")
+    log(f"demo finished: figures in {RunFolder(result.run_dir).figures_dir} (synthetic data, not a real-data "
+        "result)")
     return result

@@ -35,8 +35,6 @@ import contextlib
 import io
 import json
 import logging
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -45,8 +43,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from unetlab.engine.checkpoint import resolve_checkpoint
+from unetlab._version import __version__
 from unetlab.errors import UnetlabError
+from unetlab.files import atomic_path
+from unetlab.run_folder import RunFolder
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".ts.pt"}
 MIN_DYNAMO_OPSET = 18
@@ -59,26 +59,9 @@ BATCHES = (1, 3)
 def default_out_path(run_or_checkpoint: str | Path, format: str, which: str = "best") -> Path:
     """<run>/export/model.onnx (model.ts.pt); `model-<which>` for another checkpoint than best."""
     path = Path(run_or_checkpoint)
-    if path.is_dir():
-        run, stem = path, which
-    else:
-        run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        stem = path.stem
+    stem = which if path.is_dir() else path.stem
     name = "model" if stem == "best" else f"model-{stem}"
-    return run / "export" / f"{name}{FORMATS[format]}"
-
-
-@contextlib.contextmanager
-def _temp_beside(out: Path) -> Iterator[Path]:
-    """A temporary path in `out`'s folder; removed unless the caller renamed it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-    finally:
-        tmp.unlink(missing_ok=True)
+    return RunFolder.of(path).export_path(f"{name}{FORMATS[format]}")
 
 
 # ---------------------------------------------------------------------------------------------- sizes
@@ -156,8 +139,6 @@ def _describe_failure(rows: list[dict[str, Any]], atol: float) -> str:
 # ------------------------------------------------------------------------------------------- metadata
 
 def _metadata(predictor: Any, checkpoint: Path, which: str, example: tuple[int, int]) -> dict[str, str]:
-    from unetlab import __version__
-
     config = predictor.config
     return {
         "unetlab_version": __version__,
@@ -326,7 +307,7 @@ def export_run(run_or_checkpoint: str | Path, format: str = "onnx", out: str | P
 
     from unetlab.inference.predictor import Predictor
 
-    checkpoint = resolve_checkpoint(run_or_checkpoint, which)  # a missing run or file -> UnetlabError
+    checkpoint = RunFolder.resolve_checkpoint(run_or_checkpoint, which)  # a missing run or file -> UnetlabError
     predictor = Predictor.load(run_or_checkpoint, which, device="cpu")
     # fp32, NCHW: undo the channels_last of training; a deployment runtime wants plain layout.
     model = predictor.model.to(device="cpu", dtype=torch.float32, memory_format=torch.contiguous_format).eval()
@@ -341,7 +322,7 @@ def export_run(run_or_checkpoint: str | Path, format: str = "onnx", out: str | P
     shapes = [(batch, channels, h, w) for (h, w) in sizes for batch in BATCHES]
     metadata = _metadata(predictor, checkpoint, which, example_hw)
 
-    with _temp_beside(out) as tmp:
+    with atomic_path(out) as tmp:  # renamed onto `out` only when the parity check passed
         if format == "onnx":
             result = _export_onnx(model, example, tmp, opset, metadata, shapes)
         else:
@@ -352,7 +333,6 @@ def export_run(run_or_checkpoint: str | Path, format: str = "onnx", out: str | P
                    f"logits differ from PyTorch by up to {worst:.3g} (> atol {atol:g})")
             raise UnetlabError(f"{out}: export refused: the {format} model {how}; "
                                f"{_describe_failure(result['rows'], atol)}; no file written")
-        os.replace(tmp, out)
 
     checked = ", ".join(f"{h}x{w}" for h, w in sizes)
     opset_text = f", opset {result['opset']}" if result["opset"] is not None else ""

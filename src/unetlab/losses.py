@@ -6,6 +6,11 @@ each of which joins once training progress (0..1) reaches its `start` and, when 
 leaves when progress reaches that (BCE first, then Lovász alone). The terms come from
 `cfg.terms` or from the preset `cfg.name` (`PRESETS`: data, not if-chains in the trainer).
 
+Each term is one registered builder (`register_loss`, `list_losses`): its registration records the
+tasks it fits, the term to use instead for the other task, and the LossConfig options it reads;
+the config checks term names against the registry and preset names against `PRESETS`, so a new
+term is one decorated function here (plus its row in the table below).
+
 Tasks and shapes
 - binary: logits (N, 1, H, W); target (N, 1, H, W) float, 0/1 (soft values work for bce/dice/focal/tversky).
 - multiclass: logits (N, C, H, W), C = classes >= 2; target (N, 1, H, W) or (N, H, W) holding class
@@ -52,24 +57,27 @@ with no valid pixel gives loss 0 with zero gradient.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from unetlab.config import LossConfig, LossTerm
 from unetlab.errors import ConfigError
 
+if TYPE_CHECKING:  # config imports this module at run time, never the other way round
+    from unetlab.config import LossConfig
+
 LossFn = Callable[..., torch.Tensor]
+#: A built term: fn(logits, target, valid) -> float32 scalar.
+TermFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+#: class_weights(device) -> the resolved per-class weights on that device (copied once), or None.
+WeightsOn = Callable[[torch.device], "torch.Tensor | None"]
+#: builder(options, task, class_weights) -> TermFn; `options` holds the LossConfig options the term declared.
+TermBuilder = Callable[[Mapping[str, Any], str, WeightsOn], TermFn]
 
 TASKS = ("binary", "multiclass")
-# Which task each term fits; the fix suggested when it does not.
-TERM_TASKS: dict[str, tuple[str, ...]] = {
-    "bce": ("binary",), "ce": ("multiclass",),
-    "dice": TASKS, "focal": TASKS, "tversky": TASKS, "lovasz": TASKS,
-}
-_OTHER_TASK_TERM = {"bce": "ce", "ce": "bce"}
 
 # Presets as term lists: (term, weight, start); start "lovasz_start" takes cfg.lovasz_start.
 LOVASZ_START = "lovasz_start"
@@ -85,6 +93,8 @@ PRESETS: dict[str, tuple[tuple[str, float, float | str], ...]] = {
     "focal": (("focal", 1.0, 0.0),),
     "tversky": (("tversky", 1.0, 0.0),),
 }
+#: The preset used when the config names neither a preset nor terms.
+TASK_DEFAULT_PRESET = {"binary": "bce", "multiclass": "ce"}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -340,7 +350,140 @@ def lovasz_softmax_loss(logits: torch.Tensor, target: torch.Tensor, valid: torch
     return _mean_where(per_image * has_pixels, has_pixels)
 
 
+# ----------------------------------------------------------------------------- the registry of terms
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss term: its builder, the tasks it fits, the LossConfig options it reads."""
+
+    name: str
+    build: TermBuilder
+    tasks: tuple[str, ...]
+    options: tuple[str, ...] = ()
+    instead: Mapping[str, str] = field(default_factory=dict)  # task it does not fit -> the term to use there
+
+
+_LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(name: str, *, tasks: Sequence[str] = TASKS, options: Sequence[str] = (),
+                  instead: Mapping[str, str] | None = None) -> Callable[[TermBuilder], TermBuilder]:
+    """Decorator registering `builder(options, task, class_weights) -> fn(logits, target, valid)` as term `name`.
+
+    `tasks`: the tasks the term fits; `instead`: for a task it does not fit, the term to suggest
+    (bce <-> ce). `options`: the LossConfig fields the builder reads (it gets exactly those, in a
+    dict); "class_weights" among them means the term is weighted per class, and the builder's
+    `class_weights(device)` then returns the resolved weights (else always None). The term is then
+    usable in `loss.terms` and presets; add it to the table in this module's docstring.
+    """
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"loss term {name!r}: tasks must be some of {', '.join(TASKS)}; got {list(tasks)}")
+
+    def decorator(builder: TermBuilder) -> TermBuilder:
+        if name in _LOSSES:
+            raise ValueError(f"loss term {name!r} registered twice")
+        _LOSSES[name] = LossSpec(name, builder, tuple(tasks), tuple(options), dict(instead or {}))
+        return builder
+
+    return decorator
+
+
+def unregister_loss(name: str) -> LossSpec:
+    """Remove term `name` from the registry (KeyError if absent) and return its spec."""
+    return _LOSSES.pop(name)
+
+
+@contextmanager
+def registered_loss(name: str, builder: TermBuilder, **how: Any) -> Iterator[LossSpec]:
+    """`register_loss(name, **how)(builder)` for the duration of a with block (tests, experiments)."""
+    register_loss(name, **how)(builder)
+    try:
+        yield _LOSSES[name]
+    finally:
+        _LOSSES.pop(name, None)
+
+
+def list_losses() -> list[str]:
+    """The registered term names, sorted."""
+    return sorted(_LOSSES)
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The registered term `name`, or a ConfigError naming loss.terms and the valid names."""
+    if name not in _LOSSES:
+        raise ConfigError(f"bad value for 'loss.terms': unknown loss term {name!r}; "
+                          f"choose one of {', '.join(list_losses())}")
+    return _LOSSES[name]
+
+
+def _per_device(values: torch.Tensor | None) -> WeightsOn:
+    """device -> `values` on that device, copied to each device once, not every step."""
+    copies: dict[torch.device, torch.Tensor] = {}
+
+    def on(device: torch.device) -> torch.Tensor | None:
+        if values is None:
+            return None
+        if device not in copies:
+            copies[device] = values.to(device)
+        return copies[device]
+
+    return on
+
+
+@register_loss("bce", tasks=("binary",), options=("pos_weight", "class_weights"), instead={"multiclass": "ce"})
+def _bce_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    pos = options["pos_weight"]
+    pos_weight = _per_device(None if pos is None else torch.tensor([float(pos)]))
+    return lambda x, y, v: bce_loss(x, y, v, pos_weight=pos_weight(x.device), class_weights=class_weights(x.device))
+
+
+@register_loss("ce", tasks=("multiclass",), options=("class_weights",), instead={"binary": "bce"})
+def _ce_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    return lambda x, y, v: cross_entropy_loss(x, y, v, class_weights=class_weights(x.device))
+
+
+@register_loss("dice", options=("smooth", "dice_mode"))
+def _dice_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    fn = tversky_loss if task == "binary" else multiclass_tversky_loss
+    smooth, mode = options["smooth"], options["dice_mode"]
+    return lambda x, y, v: fn(x, y, v, alpha=0.5, beta=0.5, smooth=smooth, mode=mode)
+
+
+@register_loss("tversky", options=("tversky_alpha", "tversky_beta", "smooth", "dice_mode"))
+def _tversky_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    fn = tversky_loss if task == "binary" else multiclass_tversky_loss
+    alpha, beta = options["tversky_alpha"], options["tversky_beta"]
+    smooth, mode = options["smooth"], options["dice_mode"]
+    return lambda x, y, v: fn(x, y, v, alpha=alpha, beta=beta, smooth=smooth, mode=mode)
+
+
+@register_loss("focal", options=("focal_gamma", "focal_alpha", "class_weights"))
+def _focal_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    gamma, alpha = options["focal_gamma"], options["focal_alpha"]
+    if task == "binary":
+        return lambda x, y, v: binary_focal_loss(x, y, v, gamma=gamma, alpha=alpha,
+                                                 class_weights=class_weights(x.device))
+    return lambda x, y, v: multiclass_focal_loss(x, y, v, gamma=gamma, class_weights=class_weights(x.device))
+
+
+@register_loss("lovasz")
+def _lovasz_term(options: Mapping[str, Any], task: str, class_weights: WeightsOn) -> TermFn:
+    return lovasz_hinge_loss if task == "binary" else lovasz_softmax_loss
+
+
 # ----------------------------------------------------------------------------- build_loss
+
+
+@dataclass(frozen=True)
+class Term:
+    """One term as the config spells it: `weight` * term `name`, counted while start <= progress < stop."""
+
+    name: str
+    weight: float = 1.0
+    start: float = 0.0
+    stop: float | None = None
 
 
 @dataclass(frozen=True)
@@ -350,25 +493,46 @@ class ResolvedTerm:
     name: str
     weight: float
     start: float
-    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    fn: TermFn
     stop: float | None = None
 
     def active(self, progress: float) -> bool:
         return progress >= self.start and (self.stop is None or progress < self.stop)
 
 
-#: The preset used when the config names neither a preset nor terms.
-TASK_DEFAULT_PRESET = {"binary": "bce", "multiclass": "ce"}
+def list_presets() -> list[str]:
+    """The preset names (`PRESETS`), in their table's order."""
+    return list(PRESETS)
 
 
-def loss_terms(cfg: LossConfig, task: str = "binary") -> list[LossTerm]:
+def loss_terms(cfg: LossConfig, task: str = "binary") -> list[Term]:
     """The terms of `cfg`: `cfg.terms`, or the preset `cfg.name` expanded (with `cfg.lovasz_start`);
     with neither, the task's default preset (bce for binary, ce for multiclass)."""
     if cfg.terms is not None:
-        return list(cfg.terms)
+        return [Term(t.name, t.weight, t.start, t.stop) for t in cfg.terms]
     preset = cfg.name or TASK_DEFAULT_PRESET[task]
-    return [LossTerm(name=name, weight=weight, start=cfg.lovasz_start if start == LOVASZ_START else start)
+    if preset not in PRESETS:
+        raise ConfigError(f"bad value for 'loss.name': unknown loss preset {preset!r}; "
+                          f"choose one of {', '.join(list_presets())}")
+    return [Term(name, weight, cfg.lovasz_start if start == LOVASZ_START else start)
             for name, weight, start in PRESETS[preset]]
+
+
+def _wrong_task(cfg: LossConfig, spec: LossSpec, task: str) -> ConfigError:
+    """The refusal of a term (or the preset holding it) that does not fit `task`, with the fix."""
+    fix = spec.instead.get(task)
+    if cfg.terms is not None:
+        use = repr(fix) if fix else f"one of {', '.join(n for n in list_losses() if task in _LOSSES[n].tasks)}"
+        return ConfigError(f"bad value for 'loss.terms': term {spec.name!r} is for task {spec.tasks[0]}; "
+                           f"use {use} for task {task}")
+    name = cfg.name or TASK_DEFAULT_PRESET[task]
+    suggestion = name.replace(spec.name, fix, 1) if fix else None
+    if suggestion in PRESETS:
+        use = repr(suggestion)
+    else:
+        fitting = [p for p in PRESETS if all(n in _LOSSES and task in _LOSSES[n].tasks for n, _, _ in PRESETS[p])]
+        use = f"one of {', '.join(fitting)}"
+    return ConfigError(f"bad value for 'loss.name': {name!r} is for task {spec.tasks[0]}; use {use} for task {task}")
 
 
 def check_loss_config(cfg: LossConfig, task: str = "binary", classes: int = 1) -> None:
@@ -380,14 +544,9 @@ def check_loss_config(cfg: LossConfig, task: str = "binary", classes: int = 1) -
     if task == "multiclass" and classes < 2:
         raise ConfigError(f"bad value for 'model.classes': {classes} for task multiclass; use 2 or more")
     for term in loss_terms(cfg, task):
-        if task not in TERM_TASKS[term.name]:
-            fix = _OTHER_TASK_TERM[term.name]
-            if cfg.terms is not None:
-                raise ConfigError(f"bad value for 'loss.terms': term {term.name!r} is for task "
-                                  f"{TERM_TASKS[term.name][0]}; use {fix!r} for task {task}")
-            suggestion = cfg.name.replace(term.name, fix, 1)
-            raise ConfigError(f"bad value for 'loss.name': {cfg.name!r} is for task {TERM_TASKS[term.name][0]}; "
-                              f"use {suggestion!r} for task {task}")
+        spec = loss_spec(term.name)
+        if task not in spec.tasks:
+            raise _wrong_task(cfg, spec, task)
     if task == "multiclass":
         if cfg.pos_weight is not None:
             raise ConfigError("bad value for 'loss.pos_weight': binary only; for task multiclass weight classes "
@@ -421,40 +580,12 @@ def _resolve_class_weights(cfg: LossConfig, task: str, classes: int,
     return weights
 
 
-def _term_function(name: str, cfg: LossConfig, task: str, weights: torch.Tensor | None
-                   ) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
-    def cached(values: torch.Tensor | None) -> Callable[[torch.device], torch.Tensor | None]:
-        copies: dict[torch.device, torch.Tensor] = {}
-
-        def on(device: torch.device) -> torch.Tensor | None:  # copied to each device once, not every step
-            if values is None:
-                return None
-            if device not in copies:
-                copies[device] = values.to(device)
-            return copies[device]
-        return on
-
-    on = cached(weights)
-    pos_weight_on = cached(None if cfg.pos_weight is None else torch.tensor([float(cfg.pos_weight)]))
-
-    binary = task == "binary"
-    mode = cfg.dice_mode
-    if name == "bce":
-        return lambda x, y, v: bce_loss(x, y, v, pos_weight=pos_weight_on(x.device), class_weights=on(x.device))
-    if name == "ce":
-        return lambda x, y, v: cross_entropy_loss(x, y, v, class_weights=on(x.device))
-    if name == "focal" and binary:
-        return lambda x, y, v: binary_focal_loss(x, y, v, gamma=cfg.focal_gamma, alpha=cfg.focal_alpha,
-                                                 class_weights=on(x.device))
-    if name == "focal":
-        return lambda x, y, v: multiclass_focal_loss(x, y, v, gamma=cfg.focal_gamma, class_weights=on(x.device))
-    if name in ("dice", "tversky"):
-        alpha, beta = (0.5, 0.5) if name == "dice" else (cfg.tversky_alpha, cfg.tversky_beta)
-        fn = tversky_loss if binary else multiclass_tversky_loss
-        return lambda x, y, v: fn(x, y, v, alpha=alpha, beta=beta, smooth=cfg.smooth, mode=mode)
-    if name == "lovasz":
-        return lovasz_hinge_loss if binary else lovasz_softmax_loss
-    raise ConfigError(f"bad value for 'loss.terms': unknown term {name!r}; use one of {', '.join(TERM_TASKS)}")
+def _term_function(name: str, cfg: LossConfig, task: str, class_weights: WeightsOn) -> TermFn:
+    """Build registered term `name` for `task`, handing it the options it declared (and the weights if it reads them)."""
+    spec = loss_spec(name)
+    options = {key: getattr(cfg, key) for key in spec.options if key != "class_weights"}
+    weighted = "class_weights" in spec.options
+    return spec.build(options, task, class_weights if weighted else _per_device(None))
 
 
 class CompositeLoss:
@@ -512,7 +643,7 @@ def build_loss(cfg: LossConfig, task: str = "binary", classes: int = 1,
     ConfigError, naming the key, for a term that does not fit the task or weights of the wrong length.
     """
     check_loss_config(cfg, task, classes)
-    weights = _resolve_class_weights(cfg, task, classes, class_weights)
+    weights = _per_device(_resolve_class_weights(cfg, task, classes, class_weights))
     terms = [ResolvedTerm(t.name, t.weight, t.start, _term_function(t.name, cfg, task, weights), t.stop)
              for t in loss_terms(cfg, task)]
     return CompositeLoss(terms, task, classes)

@@ -121,8 +121,12 @@ class RunFolder:
     def evaluation_paths(self) -> list[Path]:
         return sorted((self.path / self.EVALUATION).glob("*.json"))
 
+    @property
+    def figures_dir(self) -> Path:
+        return self.path / self.FIGURES
+
     def figure_path(self, name: str) -> Path:
-        return self.path / self.FIGURES / name
+        return self.figures_dir / name
 
     def export_path(self, name: str) -> Path:
         return self.path / self.EXPORT / name
@@ -143,6 +147,20 @@ class RunFolder:
 
     def has_checkpoint(self, which: str = "best") -> bool:
         return self.checkpoint_path(which).is_file()
+
+    @classmethod
+    def resolve_checkpoint(cls, run_or_file: str | Path, which: str = "best") -> Path:
+        """A run folder (-> its checkpoints/<which>.pt, which must exist) or a checkpoint file."""
+        path = Path(run_or_file)
+        if path.is_dir():
+            candidate = cls(path).checkpoint_path(which)
+            if not candidate.is_file():
+                raise UnetlabError(f"{path}: no {cls.CHECKPOINTS}/{which}.pt in this run folder; "
+                                   "pass a run folder written by 'unetlab train'")
+            return candidate
+        if not path.exists():
+            raise UnetlabError(f"{path}: run folder or checkpoint not found")
+        return path
 
     def save_checkpoint(self, which: str, payload: dict[str, Any]) -> Path:
         return save_checkpoint(self.checkpoint_path(which), payload)
@@ -172,13 +190,28 @@ class RunFolder:
         writer.writerows(rows)
         return atomic_write_text(self.metrics_path, buffer.getvalue())
 
-    def read_metrics(self, up_to_epoch: float = math.inf) -> list[dict[str, float]]:
+    def read_metrics(self, up_to_epoch: float = math.inf, strict: bool = False) -> list[dict[str, float]]:
         """Rows of metrics.csv as floats (blank = NaN; epoch and step as int), epochs 1..up_to_epoch.
 
-        A missing file gives no rows; a file that is not a metrics.csv of `unetlab train` is refused.
+        A missing file gives no rows, unless `strict` (plotting a run): then a missing folder, a missing
+        metrics.csv and one with no rows are refused too. A file that is not a metrics.csv of
+        `unetlab train` is always refused.
         """
-        path = self.metrics_path
+        if strict and not self.path.exists():
+            raise UnetlabError(f"{self.path}: no such run folder; pass a folder written by `unetlab train` "
+                               f"(it holds {self.METRICS})")
+        return self.read_metrics_file(self.metrics_path, up_to_epoch, strict, run=self.path)
+
+    @classmethod
+    def read_metrics_file(cls, path: str | Path, up_to_epoch: float = math.inf, strict: bool = False,
+                          run: str | Path | None = None) -> list[dict[str, float]]:
+        """`read_metrics` of a metrics.csv given by its path (`run`: the folder named in errors)."""
+        path = Path(path)
         if not path.is_file():
+            if strict:
+                raise UnetlabError(f"{path}: not found, so {run or path.parent} is not a training run or no "
+                                   "epoch has finished yet; pass a run folder written by `unetlab train` once "
+                                   "it has logged an epoch")
             return []
         try:
             with path.open(newline="", encoding="utf-8") as handle:
@@ -188,6 +221,9 @@ class RunFolder:
         except (OSError, UnicodeDecodeError, csv.Error) as exc:
             raise UnetlabError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); pass the run folder "
                                "that `unetlab train` wrote") from None
+        if strict and not (columns and raw_rows):
+            raise UnetlabError(f"{path}: empty, no epoch logged yet; wait until the run has finished an epoch "
+                               "or pass another run")
         if raw_rows and "epoch" not in columns:
             raise UnetlabError(f"{path}: not a metrics.csv of `unetlab train` (no 'epoch' column, columns are "
                                f"{', '.join(columns[:8])}); pass a run folder written by `unetlab train`")

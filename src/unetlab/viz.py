@@ -11,9 +11,10 @@ display. We deliberately do not call ``matplotlib.use("Agg")``: the Agg canvas i
 figure explicitly, and switching the global backend on import would close the figures of a user
 who imported unetlab into a notebook.
 
-Every ``save_*`` writes to a temporary ``<path>.<unique>.tmp.png`` next to the target, then
-``os.replace``-s it, so a reader (TensorBoard, a browser refreshing, a crashed run) never sees a
-half-written PNG. Parent folders are created.
+Every ``save_*`` writes through :func:`unetlab.files.atomic_path` (a temporary
+``.<name>.<unique>.tmp.png`` next to the target, then renamed onto it), so a reader (TensorBoard, a
+browser refreshing, a crashed run) never sees a half-written PNG. Parent folders are created. Nothing
+here reads a run folder: `unetlab.evaluation.curves` reads runs and calls :func:`save_run_curves`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from __future__ import annotations
 import math
 import os
 import textwrap
-import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,15 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from unetlab.files import atomic_path
+
 __all__ = [
     "boundary",
     "overlay_boundary",
     "save_overlay",
     "save_prediction_grid",
     "save_learning_curves",
-    "plot_runs",
+    "save_run_curves",
     "save_threshold_curve",
     "save_sample_grid",
     "label_palette",
@@ -150,30 +152,20 @@ def overlay_boundary(
 # --------------------------------------------------------------------------- file writing
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # unique per process and thread so two writers of the same file never share a temp file
-    tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp.png")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Path:
     FigureCanvasAgg(fig)  # attach Agg explicitly: never a GUI canvas, no pyplot state
     # format given explicitly because the temp name, not the user's, decides the suffix
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=DPI, facecolor="white"))
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI, facecolor="white")
+    return Path(path)
 
 
 def save_overlay(path: str | os.PathLike, image: np.ndarray, mask: np.ndarray, **kw) -> Path:
     """Write `overlay_boundary(image, mask, **kw)` with Pillow: exactly the image's pixel size."""
     rgb = overlay_boundary(image, mask, **kw)
-    return _atomic_write(path, lambda tmp: Image.fromarray(rgb).save(tmp, format="PNG"))
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(rgb).save(tmp, format="PNG")
+    return Path(path)
 
 
 # --------------------------------------------------------------------------- axes helpers
@@ -449,125 +441,20 @@ def save_learning_curves(
     return _save_figure(fig, path)
 
 
-# metrics.csv columns that are x axes or bookkeeping in `plot_runs`, never a panel of their own
-_RUN_X_COLUMNS = ("epoch", "step", "time_s")
-
-
-def _read_run_metrics(run: str | os.PathLike) -> tuple[Path, list[str], list[dict]]:
-    """(metrics.csv path, its columns, its rows) of a run folder, or of a metrics.csv given directly."""
-    import csv
-
-    from unetlab.errors import UnetlabError
-
-    run = Path(run)
-    if not run.exists():
-        raise UnetlabError(f"{run}: no such run folder; pass a folder written by `unetlab train` "
-                           "(it holds metrics.csv)")
-    path = run if run.is_file() else run / "metrics.csv"
-    if not path.is_file():
-        raise UnetlabError(f"{path}: not found, so {run} is not a training run or no epoch has finished yet; "
-                           "pass a run folder written by `unetlab train` once it has logged an epoch")
-    try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [row for row in reader]
-            columns = [c for c in (reader.fieldnames or []) if c]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UnetlabError(f"{path}: cannot read it ({type(exc).__name__}: {exc}); pass the metrics.csv or "
-                           "run folder that `unetlab train` wrote") from exc
-    if not columns or not rows:
-        raise UnetlabError(f"{path}: empty, no epoch logged yet; wait until the run has finished an epoch "
-                           "or pass another run")
-    if "epoch" not in columns:
-        raise UnetlabError(f"{path}: not a metrics.csv of `unetlab train` (no 'epoch' column, columns are "
-                           f"{', '.join(columns[:8])}); pass a run folder written by `unetlab train`")
-    return path, columns, rows
-
-
-def _unique_run_labels(folders: Sequence[Path]) -> list[str]:
-    """Folder names; where two coincide, as many parent folders as it takes; the same folder twice gets (2)."""
-    parts = [Path(os.path.abspath(f)).parts for f in folders]
-    depth = [1] * len(parts)
-    while True:
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        grow = [i for i, label in enumerate(labels) if depth[i] < len(parts[i])
-                and any(other == label and parts[j] != parts[i] for j, other in enumerate(labels))]
-        if not grow:
-            break
-        for i in grow:
-            depth[i] += 1
-    seen: dict[str, int] = {}
-    unique = []
-    for label in labels:
-        seen[label] = seen.get(label, 0) + 1
-        unique.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
-    return unique
-
-
-def plot_runs(
-    run_dirs: Sequence[str | os.PathLike],
-    out: str | os.PathLike,
-    metrics: Sequence[str] | None = None,
+def save_run_curves(
+    path: str | os.PathLike,
+    runs: Sequence[tuple[str, Sequence[Mapping]]],
+    panels: Sequence[str],
     x: str = "epoch",
 ) -> Path:
-    """Learning curves of one or more runs in one PNG, to compare runs (or training phases).
+    """Learning curves of several runs in one PNG: one panel per name in `panels`, one colour per run.
 
-    Each run is a folder written by `unetlab train` (or its metrics.csv). One panel per metric,
-    one line per run in the same colour in every panel, labelled with the run folder's name (with
-    parent folders where two names coincide). Default panels: ``loss`` (train/loss dashed and
-    val/loss solid together), then every ``val/*`` metric logged by any run, then ``lr`` on a log
-    axis. `metrics` picks panels by name: ``loss`` or any logged column (``val/iou``, ``lr``,
-    ``train/images_per_s``...; ``iou`` is short for ``val/iou``). `x` is ``epoch`` or ``time``
-    (minutes since the start of training, from the ``time_s`` column). Blank and NaN values are
-    skipped. Written atomically (temp file + rename); returns `out`.
-
-    Raises `UnetlabError` naming the path for a missing run folder or a missing, empty or
-    unreadable metrics.csv, and listing the available names for an unknown metric.
+    `runs`: (label, rows of metrics.csv) per run. A panel is a column, or ``loss`` for train/loss
+    (dashed) and val/loss (solid) together; ``lr`` gets a log axis when every value is positive.
+    `x` is ``epoch``, or ``time`` in minutes from the rows' ``time_s`` seconds. Blank and NaN values
+    are skipped. Choosing the panels (and reading the runs) is the caller's business.
     """
-    from unetlab.errors import UnetlabError
-
-    if x not in ("epoch", "time"):
-        raise UnetlabError(f"x: {x!r} is not an x axis; choose epoch or time")
-    run_dirs = list(run_dirs)
-    if not run_dirs:
-        raise UnetlabError("plot_runs: no run given; pass at least one run folder")
-    runs = []  # (label, csv path, columns, rows)
-    for run in run_dirs:
-        path, columns, rows = _read_run_metrics(run)
-        if x == "time" and "time_s" not in columns:
-            raise UnetlabError(f"{path}: has no time_s column, so it cannot be drawn against time; use x=epoch")
-        runs.append((path, columns, rows))
-    labels = _unique_run_labels([path.parent for path, _, _ in runs])
-
-    # Every column with at least one finite value in some run, in the order the runs logged them.
-    logged: dict[str, None] = {}
-    for _, columns, rows in runs:
-        for column in columns:
-            if column not in _RUN_X_COLUMNS and any(math.isfinite(_to_float(r.get(column))) for r in rows):
-                logged.setdefault(column, None)
-    has_loss = "train/loss" in logged or "val/loss" in logged
-    available = (["loss"] if has_loss else []) + list(logged)
-    if metrics is None:
-        panels = (["loss"] if has_loss else []) + [c for c in logged if c.startswith("val/") and c != "val/loss"]
-        panels += ["lr"] if "lr" in logged else []
-        if not panels:
-            panels = list(logged)
-    else:
-        panels = []
-        for name in metrics:
-            name = str(name).strip()
-            if name not in available and f"val/{name}" in logged:
-                name = f"val/{name}"
-            if name not in available:
-                where = "this run" if len(runs) == 1 else "any of these runs"
-                raise UnetlabError(f"metrics: {name!r} is not logged by {where}; available: "
-                                   f"{', '.join(available) or 'none'}")
-            if name not in panels:
-                panels.append(name)
-    if not panels:
-        raise UnetlabError(f"{runs[0][0]}: no metric has a value to plot; pass a run that has logged an epoch")
-
-    def series(rows: list[dict], column: str) -> tuple[np.ndarray, np.ndarray]:
+    def series(rows: Sequence[Mapping], column: str) -> tuple[np.ndarray, np.ndarray]:
         xs = np.array([_to_float(r.get("time_s" if x == "time" else "epoch")) for r in rows], dtype=np.float64)
         if x == "time":
             xs = xs / 60.0
@@ -579,7 +466,7 @@ def plot_runs(
     for ax, panel in zip(axes, panels):
         columns = [("train/loss", "--", " train"), ("val/loss", "-", " val")] if panel == "loss" else [(panel, "-", "")]
         all_x, all_y = [], []
-        for n, ((_, _, rows), label) in enumerate(zip(runs, labels)):
+        for n, (label, rows) in enumerate(runs):
             for column, style, suffix in columns:
                 xs, ys = series(rows, column)
                 if xs.size == 0:
@@ -592,7 +479,7 @@ def plot_runs(
             ax.set_yscale("log")
         _finish_curve_panel(ax, "learning rate" if panel == "lr" else panel,
                             np.concatenate(all_x) if all_x else np.empty(0), time_axis=x == "time")
-    return _save_figure(fig, out)
+    return _save_figure(fig, path)
 
 
 def save_threshold_curve(

@@ -7,7 +7,8 @@ from PIL import Image
 from run_fixtures import assert_one_line_error, run_cli
 
 from unetlab.errors import UnetlabError
-from unetlab.viz import plot_runs
+from unetlab.evaluation import curves
+from unetlab.evaluation.curves import plot_runs
 
 HEADER = "epoch,step,lr,train/loss,val/loss,val/iou,val/tgs_map,train/images_per_s,time_s\n"
 
@@ -74,10 +75,9 @@ def test_plot_two_runs_same_name_and_default_panels(tmp_path, monkeypatch):
 
 def test_plot_same_folder_twice_gets_unique_labels(tmp_path, monkeypatch):
     run = _run(tmp_path / "r")
-    import unetlab.viz as viz
 
-    assert viz._unique_run_labels([run, run]) == ["r", "r (2)"]
-    assert viz._unique_run_labels([tmp_path / "x" / "r", tmp_path / "y" / "z" / "r"]) == ["x/r", "z/r"]
+    assert curves._unique_run_labels([run, run]) == ["r", "r (2)"]
+    assert curves._unique_run_labels([tmp_path / "x" / "r", tmp_path / "y" / "z" / "r"]) == ["x/r", "z/r"]
 
 
 def test_plot_against_time_and_metrics_filter(tmp_path, capsys, monkeypatch):
@@ -114,6 +114,18 @@ def test_plot_metrics_filter_picks_the_panels(tmp_path, monkeypatch):
         ax.get_title() for ax in fig.axes if ax.get_visible()) or path)
     plot_runs([_run(tmp_path / "r")], tmp_path / "x.png", metrics=["val/tgs_map", "train/loss", "tgs_map"], x="time")
     assert titles == ["val/tgs_map", "train/loss"]
+
+
+def test_plot_a_metrics_csv_given_directly(tmp_path, monkeypatch):
+    import unetlab.viz as viz
+
+    legends = []
+    monkeypatch.setattr(viz, "_save_figure", lambda fig, path: legends.extend(
+        [t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes if ax.get_visible()) or path)
+    csv_file = _run(tmp_path / "r") / "metrics.csv"
+    renamed = csv_file.rename(tmp_path / "r" / "phase1-metrics.csv")  # any name, labelled by its folder
+    plot_runs([renamed], tmp_path / "x.png", metrics=["iou"])
+    assert legends == [["r"]]
 
 
 def test_plot_missing_run_folder(tmp_path, capsys):

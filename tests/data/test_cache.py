@@ -11,8 +11,9 @@ import pytest
 from PIL import Image
 
 from unetlab.data import cache as cache_mod
-from unetlab.data.cache import IN_ROOT_NAME, cached_read_dataset, clear_cache, external_cache_dir
+from unetlab.data.cache import IN_ROOT_NAME, clear_cache, external_cache_dir
 from unetlab.data.formats import registry
+from unetlab.data.formats.registry import cached_read_dataset
 from unetlab.data.synthetic import write_tgs_dataset
 from unetlab.errors import DataError
 

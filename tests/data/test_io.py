@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetlab.data.io import atomic_write_bytes, atomic_write_text, read_binary_mask, read_grey, save_png
+from unetlab.data.io import read_binary_mask, read_grey, save_png
 from unetlab.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -227,30 +227,6 @@ def test_text_file_is_data_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------- writing
-
-
-def test_atomic_write_text_leaves_no_temp_files(tmp_path):
-    target = tmp_path / "sub" / "out.json"
-    atomic_write_text(target, '{"a": 1}')
-    assert target.read_text() == '{"a": 1}'
-    atomic_write_text(target, "second ü")  # overwrite, utf-8
-    assert target.read_text(encoding="utf-8") == "second ü"
-    assert sorted(os.listdir(target.parent)) == ["out.json"]
-
-
-def test_atomic_write_bytes_returns_path(tmp_path):
-    target = tmp_path / "x.bin"
-    assert atomic_write_bytes(target, b"\x00\x01") == target
-    assert target.read_bytes() == b"\x00\x01"
-
-
-def test_atomic_write_failure_leaves_no_temp_and_keeps_old(tmp_path):
-    target = tmp_path / "keep.txt"
-    target.write_text("old")
-    with pytest.raises(TypeError):
-        atomic_write_bytes(target, None)  # type: ignore[arg-type]  # write() fails mid-way
-    assert target.read_text() == "old"
-    assert sorted(os.listdir(tmp_path)) == ["keep.txt"]
 
 
 def test_save_png_grey_round_trip(tmp_path):

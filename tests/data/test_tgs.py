@@ -282,7 +282,7 @@ def test_mask_size_mismatch(tmp_path):
 def test_duplicate_image_stem(tmp_path):
     base = make_folder(tmp_path, ids=("a", "b"))
     _save(base / "images" / "a.jpg", np.zeros((SIDE, SIDE), np.uint8))
-    with pytest.raises(DataError, match=r"duplicate id 'a'") as info:
+    with pytest.raises(DataError, match=r"duplicate image id 'a'") as info:
         load_tgs(tmp_path)
     message = str(info.value)
     assert str(base / "images") in message
@@ -292,7 +292,7 @@ def test_duplicate_image_stem(tmp_path):
 def test_duplicate_mask_stem(tmp_path):
     base = make_folder(tmp_path, ids=("a", "b"))
     _save(base / "masks" / "b.tif", np.zeros((SIDE, SIDE), np.uint8))
-    with pytest.raises(DataError, match=r"duplicate id 'b'") as info:
+    with pytest.raises(DataError, match=r"duplicate mask id 'b'") as info:
         load_tgs(tmp_path)
     assert str(base / "masks") in str(info.value)
 

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from unetlab.config import load_config
-from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import UnetlabError
+from unetlab.run_folder import RunFolder
 
 
 class _Evil:
@@ -40,9 +41,9 @@ def test_checkpoint_refuses_pickled_objects_garbage_and_foreign_files(tmp_path):
 
 def test_resolve_checkpoint(tmp_path):
     with pytest.raises(UnetlabError, match="no checkpoints/best.pt"):
-        resolve_checkpoint(tmp_path)
+        RunFolder.resolve_checkpoint(tmp_path)
     with pytest.raises(UnetlabError, match="not found"):
-        resolve_checkpoint(tmp_path / "nope")
+        RunFolder.resolve_checkpoint(tmp_path / "nope")
 
 
 def _lrs(overrides, progress_points):

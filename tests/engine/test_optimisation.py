@@ -12,7 +12,8 @@ from run_fixtures import tiny_config
 from unetlab.engine.averaging import EMA, SWA, build_averaging
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.schedule import build_scheduler
-from unetlab.engine.trainer import build_optimizer, train, train_step, uses_fused_optimizer
+from unetlab.engine.step import build_optimizer, train_step, uses_fused_optimizer
+from unetlab.engine.trainer import train
 from unetlab.errors import ConfigError
 from unetlab.losses import build_loss
 from unetlab.models import create_model

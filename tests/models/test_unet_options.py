@@ -8,15 +8,17 @@ import io
 
 import pytest
 import torch
+import yaml
 import torch.nn as nn
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from unetlab.errors import ConfigError
-from unetlab.models import UNet, create_model
+from unetlab.models import UNet, create_model, list_models, register_variant, variant_of
 from unetlab.models.blocks import SCSE, ConvBlock, ResidualBlock, StridedDown, group_norm
-from unetlab.models.unet import unet, unet_variants
+from unetlab.models.registry import unregister_model, validate_options
+from unetlab.models.unet import unet
 
 # ----------------------------------------------------------------------------- the seed's layout
 
@@ -287,6 +289,13 @@ COMBINATIONS = {
     "depth6-small-strided-residual-group": {"depth": 6, "base_width": 2, "downsample": "strided",
                                             "block": "residual", "norm": "group", "skip": "add"},
 }
+
+def unet_variants() -> dict[str, dict]:
+    """The registered variants of unet (and unet itself): name -> the options they fix."""
+    variants = {name: variant_of(name) for name in list_models()}
+    return {"unet": {}, **{name: v[1] for name, v in variants.items() if v and v[0] == "unet"}}
+
+
 CASES = {**unet_variants(), **COMBINATIONS}
 SMALL = {"base_width": 4, "depth": 3}
 
@@ -373,16 +382,64 @@ class TestVariant:
             assert torch.equal(value, fresh.state_dict()[key]), key
 
 
-def test_variant_grid():
+def test_variant_grid_is_registered_models():
     variants = unet_variants()
-    assert variants["unet"] == {}
     assert {"unet-strided3", "unet-strided2", "unet-add", "unet-max", "unet-min", "unet-noskip", "unet-bilinear",
             "unet-residual", "unet-groupnorm", "unet-instancenorm", "unet-nonorm", "unet-scse"} <= set(variants)
-    variants["unet"]["skip"] = "add"  # a fresh copy each call
-    assert unet_variants()["unet"] == {}
-    for name, options in unet_variants().items():
-        model = build(options)
+    assert set(variants) - {"unet"} <= set(list_models()) - set(list_models(variants=False))
+    assert variant_of("unet") is None
+    variant_of("unet-add")[1]["skip"] = "max"  # a fresh copy each call
+    assert variant_of("unet-add") == ("unet", {"skip": "add"})
+    for name, options in variants.items():
+        torch.manual_seed(0)
+        model = create_model(name, **SMALL)
+        assert isinstance(model, UNet)
         assert {key: model.options[key] for key in options} == options, name
+        assert model.options == build(options).options, name
+        torch.testing.assert_close(model.state_dict(), build(options).state_dict())  # same model, same seed
+
+
+def test_a_variant_takes_every_unet_option_and_the_user_overrides_its_defaults():
+    resolved = validate_options("unet-strided2", {"base_width": 8})
+    assert resolved == {**validate_options("unet", {"base_width": 8}), "downsample": "strided", "strided_kernel": 2}
+    assert create_model("unet-add", skip="max", **SMALL).options["skip"] == "max"
+    with pytest.raises(ConfigError, match="model.strided_kernel"):
+        validate_options("unet-strided3", {"strided_kernel": 5})
+    with pytest.raises(ConfigError, match="unknown config key 'model.batch_norm'.*'unet-add'"):
+        create_model("unet-add", batch_norm=True)
+
+
+def test_config_with_a_variant_name_round_trips(tmp_path):
+    from unetlab.config import config_from_dict, load_config
+
+    cfg = load_config(None, ["model.name=unet-noskip", "model.base_width=4", "model.depth=3"])
+    assert cfg.model.name == "unet-noskip" and cfg.model.model_extra["skip"] == "none"
+    again = config_from_dict(yaml.safe_load(cfg.to_yaml()))  # what config.yaml and checkpoints store
+    assert again == cfg
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, **cfg.model.options())
+    twin = create_model(again.model.name, **again.model.options())
+    twin.load_state_dict(model.state_dict(), strict=True)
+    assert twin.options == model.options
+    overridden = load_config(None, ["model.name=unet-noskip", "model.skip=add"])
+    assert overridden.model.model_extra["skip"] == "add"
+
+
+def test_register_variant_refuses_typos_and_variants_of_variants():
+    with pytest.raises(ConfigError, match="model.skipp"):
+        register_variant("_test-typo", base="unet", skipp="add")
+    with pytest.raises(ValueError, match="itself a variant"):
+        register_variant("_test-vv", base="unet-add", norm="group")
+    with pytest.raises(ValueError, match="registered twice"):
+        register_variant("unet-add", base="unet", skip="add")
+    assert "_test-typo" not in list_models() and "_test-vv" not in list_models()
+    register_variant("_test-wide", base="unet", base_width=8)
+    try:
+        assert "_test-wide" in list_models() and "_test-wide" not in list_models(variants=False)
+        assert create_model("_test-wide", depth=2).options["base_width"] == 8
+    finally:
+        unregister_model("_test-wide")
+    assert "_test-wide" not in list_models()
 
 
 @settings(max_examples=12, deadline=None)

@@ -1,4 +1,4 @@
-"""One shared test class run over every registered model (and the named U-Net variants).
+"""One shared test class run over every registered model, named variants (unet-add, fcn-small, ...) included.
 
 Small options keep the heavy members cheap (the 810-channel FCN keeps its architecture at small
 inputs); each test is about a property every member of the family must have.
@@ -7,23 +7,28 @@ inputs); each test is about a property every member of the family must have.
 import pytest
 import torch
 
-from unetlab.models import create_model, list_models
-from unetlab.models.unet import unet_variants
+from unetlab.models import create_model, list_models, variant_of
 
-# The smallest honest version of each registered model; options not named keep the model's defaults.
+# The smallest honest version of each base architecture; options not named keep the model's defaults.
+# A named variant gets its base's (its own fixed options stay, unless named here too).
 SMALL = {
     "unet": {"base_width": 4, "depth": 3},
     "resnet34_unet": {"decoder_widths": (16, 16, 8, 8, 8)},
     "fcn": {},
-    "fcn-dilated": {},
-    "fcn-small": {},
 }
-VARIANTS = {f"unet:{label}": ("unet", {"base_width": 4, "depth": 3, **opts}) for label, opts in unet_variants().items()}
-MEMBERS = {name: (name, SMALL.get(name, {})) for name in list_models()} | VARIANTS
+
+
+def _small(name: str) -> dict:
+    variant = variant_of(name)
+    return dict(SMALL.get(variant[0] if variant else name, {}))
+
+
+MEMBERS = {name: (name, _small(name)) for name in list_models()}
 
 
 def test_every_registered_model_is_covered():
-    assert set(SMALL) == set(list_models()), "add the new model to SMALL with cheap options"
+    assert set(SMALL) == set(list_models(variants=False)), "add the new model to SMALL with cheap options"
+    assert {"unet-strided3", "unet-add", "unet-noskip", "unet-scse", "fcn-small", "fcn-dilated"} <= set(MEMBERS)
 
 
 def _build(member, in_channels=1, classes=1):
@@ -86,8 +91,8 @@ class TestModelFamily:
             assert torch.equal(twin.eval()(x), first)
 
 
-@pytest.mark.parametrize("member", sorted(SMALL))
-def test_onnx_parity_of_every_registered_model(member, tmp_path):
+@pytest.mark.parametrize("member", sorted(set(SMALL) | {"fcn-dilated", "fcn-small"}))
+def test_onnx_parity_of_the_architectures(member, tmp_path):
     pytest.importorskip("onnxruntime")
     from unetlab.export import _export_onnx
 

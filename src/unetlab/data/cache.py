@@ -1,19 +1,20 @@
 """Decode a data set once into memory-mapped flat files; later reads map them instead of decoding.
 
-    samples = cached_read_dataset("camvid", root, split="train")   # drop-in for read_dataset(...)
+    samples = cached_read_dataset("camvid", root, split="train")   # unetlab.data.formats.registry
 
-The first call reads `root` with `registry.read_dataset` and writes a cache; every later call with
-the same format, options and unchanged source files returns SegmentationSamples whose images and
-masks are read-only numpy views into memory maps (zero-copy, nothing decoded).
+The registry names the format and its options and hands `cached_read` the read to do; this module
+knows no format. The first call runs the read and writes a cache; every later call with the same
+format, options and unchanged source files returns SegmentationSamples whose images and masks are
+read-only numpy views into memory maps (zero-copy, nothing decoded).
 
 Where the cache lives (`cache_dir`): given, else `$UNETLAB_CACHE/data/<hash of abs root>` or
 `~/.cache/unetlab/data/<hash of abs root>`; never inside the user's data folder by default (an
 existing `<root>/.unetlab-cache` is still skipped by the fingerprint and cleared by clear_cache).
 Inside it, one subfolder per cached read, named `<format>-<slot>-<fingerprint>`:
 
-* `slot` hashes the format name, the reader's options (defaults filled, so `split="train"` and
-  no split are the same read), the cache format version and, when the cache is not inside root,
-  the absolute root (so one shared cache_dir may serve several roots);
+* `slot` hashes the format name, the reader's options (the registry fills the defaults, so
+  `split="train"` and no split are the same read), the cache format version and, when the cache
+  is not inside root, the absolute root (so one shared cache_dir may serve several roots);
 * `fingerprint` hashes (relative path, size, mtime_ns) of EVERY regular file under root (symlinks
   followed), except the cache folders themselves. This is wider than the files a reader opens (a
   README change invalidates too), but it needs no knowledge of each format and can never miss a
@@ -22,8 +23,8 @@ Inside it, one subfolder per cached read, named `<format>-<slot>-<fingerprint>`:
 A subfolder holds `images.uint8` (all images, flattened, concatenated), `masks.<dtype>` (masks
 grouped by dtype: `masks.uint8`, and `masks.int64` only for masks whose reader returned int64 for
 values above 255), and `index.json` (version, key, per sample: id, shapes, dtypes, offsets; the
-class names, ignore_index and the JSON-serialisable part of meta, with paths under root stored
-relative to it). It is written into a temporary folder (files fsynced, index.json last) and
+class names, ignore_index, palette and the JSON-serialisable part of meta, with paths under root
+stored relative to it). It is written into a temporary folder (files fsynced, index.json last) and
 renamed into place, so a crash never leaves a folder under the final name. When two processes race,
 the loser of the rename discards its copy and uses the winner's. After a successful write, older
 subfolders of the same slot (stale fingerprints) are removed. On a hit the files' sizes are checked
@@ -33,25 +34,24 @@ against the index; a truncated file or unreadable index gives a one-line warning
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
-from unetlab.data.formats import registry
 from unetlab.data.formats.samples import SegmentationSamples
 from unetlab.errors import DataError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the index holds the format's palette
 CACHE_ENV = "UNETLAB_CACHE"
 IN_ROOT_NAME = ".unetlab-cache"
 TAG_NAME = "CACHEDIR.TAG"
@@ -61,6 +61,7 @@ INDEX_NAME = "index.json"
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 STALE_TMP_S = 3600.0  # a temporary folder older than this belongs to a crashed writer
+_ENTRY = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*-[0-9a-f]{10}-[0-9a-f]{16}")  # <format>-<slot>-<fingerprint>
 _ROOT_MARK = "\x00root\x00"  # prefix of a meta string that was a path under root (NUL never occurs in paths)
 
 
@@ -92,31 +93,6 @@ def default_cache_dir(root: str | Path) -> Path:
     cache lives beside other caches unless `cache_dir` says otherwise.
     """
     return external_cache_dir(root)
-
-
-def _normalise_format(format: str) -> str:
-    key = format.strip().lower().replace("_", "-")
-    if key not in registry.FORMATS:
-        raise DataError(f"format {format!r}: unknown data format; choose one of {', '.join(registry.FORMATS)}")
-    return key
-
-
-def _bound_options(key: str, options: dict[str, Any]) -> dict[str, Any]:
-    """The reader's options with defaults filled; unknown options refused as `read_dataset` does."""
-    accepted = registry.format_options(key)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise DataError(f"format {key!r}: unknown option(s) {', '.join(unknown)}; accepted: "
-                        f"{', '.join(accepted) or 'none'}")
-    filled = {}
-    for name, param in inspect.signature(registry.FORMATS[key]).parameters.items():
-        if name == "root":
-            continue
-        if name in options:
-            filled[name] = options[name]
-        elif param.default is not inspect.Parameter.empty:
-            filled[name] = param.default
-    return filled
 
 
 def _canonical(value: Any) -> str:
@@ -171,21 +147,20 @@ def _is_inside(path: Path, root: Path) -> bool:
 
 # --- public API -------------------------------------------------------------------------------------
 
-def cached_read_dataset(format: str, root: str | Path, cache_dir: str | Path | None = None,
-                        **options) -> SegmentationSamples:
-    """`read_dataset(format, root, **options)`, decoded once and then served from a memory-mapped cache.
+def cached_read(read: Callable[[], SegmentationSamples], root: str | Path, format: str, options: dict[str, Any],
+                cache_dir: str | Path | None = None) -> SegmentationSamples:
+    """`read()` of `root` as `format` with `options` (defaults filled), decoded once and then served from
+    a memory-mapped cache.
 
     The returned images and masks on a hit are read-only views into the cache files (writing raises
-    ValueError; copy one to change it). Same errors as `read_dataset` for unknown formats/options.
+    ValueError; copy one to change it). `format` must be a registered name (lowercase words joined by '-').
     """
-    key = _normalise_format(format)
-    filled = _bound_options(key, options)
     root_path = Path(root)
     abs_root = _abs(root)
     cache = _abs(cache_dir) if cache_dir is not None else default_cache_dir(abs_root)
     scope = "" if _is_inside(cache, abs_root) else str(abs_root)
-    slot = f"{key}-" + _hash(_canonical({"format": key, "options": filled, "version": CACHE_VERSION,
-                                         "scope": scope}), 10)
+    slot = f"{format}-" + _hash(_canonical({"format": format, "options": options, "version": CACHE_VERSION,
+                                            "scope": scope}), 10)
     exclude = [cache] if _is_inside(cache, abs_root) else []
     name = f"{slot}-{fingerprint(abs_root, exclude)}"
     folder = cache / name
@@ -195,12 +170,12 @@ def cached_read_dataset(format: str, root: str | Path, cache_dir: str | Path | N
         except CacheCorrupt as exc:
             warnings.warn(f"{folder}: corrupt data cache ({exc}); rebuilding it", UserWarning, stacklevel=2)
             _remove(folder)
-    samples = registry.read_dataset(key, root, **options)
+    samples = read()
     try:
         cache.mkdir(parents=True, exist_ok=True)
         _write_tag(cache)
         final = _write(samples, cache, name, root_path,
-                       {"format": key, "options": json.loads(_canonical(filled)), "root": str(abs_root)})
+                       {"format": format, "options": json.loads(_canonical(options)), "root": str(abs_root)})
     except OSError as exc:  # unwritable / full disk: the data is read all the same, only not cached
         warnings.warn(f"{cache}: cannot write the data cache ({exc.__class__.__name__}: {exc}); reading "
                       "without it", UserWarning, stacklevel=2)
@@ -241,14 +216,13 @@ def clear_cache(root_or_cache_dir: str | Path) -> int:
 # --- writing ----------------------------------------------------------------------------------------
 
 def _looks_like_entry(name: str) -> bool:
-    parts = name.rsplit("-", 2)
-    return len(parts) == 3 and len(parts[1]) == 10 and len(parts[2]) == 16 and parts[0] in registry.FORMATS
+    return _ENTRY.fullmatch(name) is not None
 
 
 def _write_tag(cache: Path) -> None:
     tag = cache / TAG_NAME
     if not tag.exists():
-        from unetlab.data.io import atomic_write_text
+        from unetlab.files import atomic_write_text
         atomic_write_text(tag, TAG_TEXT)
 
 
@@ -339,6 +313,7 @@ def _write(samples: SegmentationSamples, cache: Path, name: str, root: Path, key
                                          "bytes": b.elements * b.dtype.itemsize} for b in blobs.values()},
                  "class_names": list(samples.class_names),
                  "ignore_index": None if samples.ignore_index is None else int(samples.ignore_index),
+                 "palette": None if samples.palette is None else [[int(c) for c in rgb] for rgb in samples.palette],
                  "meta_ids": list(samples.meta.keys()) == list(samples.ids),
                  "meta": meta, "samples": records}
         with (tmp / INDEX_NAME).open("w", encoding="utf-8") as handle:
@@ -464,9 +439,10 @@ def _load(folder: Path, root: Path) -> SegmentationSamples:
         meta = {k: _restore_meta(v, str(root)) for k, v in index["meta"].items()}
         if index.get("meta_ids"):
             meta = {i: meta.get(i, {}) for i in ids}
-        ignore = index["ignore_index"]
+        ignore, palette = index["ignore_index"], index["palette"]
         return SegmentationSamples(ids=ids, images=images, masks=masks, class_names=list(index["class_names"]),
-                                   ignore_index=None if ignore is None else int(ignore), root=root, meta=meta)
+                                   ignore_index=None if ignore is None else int(ignore), root=root, meta=meta,
+                                   palette=None if palette is None else [tuple(rgb) for rgb in palette])
     except CacheCorrupt:
         raise
     except (KeyError, TypeError, ValueError, AttributeError, OSError) as exc:

@@ -27,6 +27,7 @@ class ArrayDataset:
     root: Path | None = None
     valid: np.ndarray | None = None  # bool (N, H, W): pixels that count; None = all (no ignore label)
     class_names: list[str] = field(default_factory=lambda: ["background", "salt"])
+    palette: list[tuple[int, int, int]] | None = None  # RGB per class from the format (CamVid); None: generic
 
     @property
     def num_classes(self) -> int:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Callable
 
 from unetlab.errors import UnetlabError
+from unetlab.files import atomic_write_text
 
 DOWNLOAD_TIMEOUT_S = 60.0
 MARKER_NAME = ".unetlab-dataset.json"
@@ -425,9 +426,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def _write_json(path: Path, value: object) -> None:
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(temp, path)
+    atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 # ---------------------------------------------------------------------------- TGS Salt (Kaggle)

@@ -1,10 +1,11 @@
 """`inspect_dataset`: what is in a data set before training, with every problem found in one pass.
 
 The readers (`unetlab.data.formats`) raise on the first bad file; this module does not. For the
-folder layouts (`tgs`, `folders`) it walks the files itself, pairs images and masks by stem exactly
-as the reader does and decodes every file on its own, so one run lists every orphan mask, image
-without mask, duplicated stem, corrupt file and size mismatch. Other formats go through their
-reader: a `DataError` there becomes one fatal problem.
+formats that pair image and mask files (`registry.LAYOUTS`: `tgs`, `folders`) it asks the format
+for its `PairLayout` (folders, suffixes, decoders), lists the folders as the reader does and
+decodes every file on its own, so one run lists every orphan mask, image without mask, duplicated
+stem, corrupt file and size mismatch. Other formats go through their reader: a `DataError` there
+becomes one fatal problem.
 
 Then it summarises what is readable: counts, image sizes and modes, the mask values (as stored and
 as class indices after the format's mapping, e.g. TGS `mask > 0`), pixel share per class, empty
@@ -19,10 +20,13 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
+from unetlab.data.formats.layout import FolderScan, PairLayout
+from unetlab.data.formats.registry import format_options, pair_layout, read_dataset, resolve_format
+from unetlab.data.formats.samples import infer_class_names
 from unetlab.data.stats import RunningMoments
 from unetlab.errors import DataError
 
@@ -207,18 +211,15 @@ def _file_mode(path: Path) -> str:
         raise
 
 
-def _raw_mask(path: Path) -> tuple[np.ndarray, str]:
-    """A TGS mask as stored (values kept), colour channels reduced by max as `read_binary_mask` does."""
-    from unetlab.data.io import _open
+def _mask_mode(path: Path, values: np.ndarray) -> str:
+    """Mode of a mask file from its header; TIFFs that Pillow cannot parse by their array."""
+    from PIL import Image
 
-    image = _open(path)
-    mode = _mode_label(image)
-    array = np.asarray(image)
-    if array.ndim == 3:
-        array = array[..., :3].max(axis=-1) if array.shape[-1] >= 3 else array[..., 0]
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    return array, mode
+    try:
+        with Image.open(path) as image:
+            return _mode_label(image)
+    except Exception:  # noqa: BLE001 - a TIFF read by tifffile
+        return "TIFF " + _array_mode(values)
 
 
 def _error_text(exc: BaseException, path: Path) -> str:
@@ -227,238 +228,174 @@ def _error_text(exc: BaseException, path: Path) -> str:
     return text
 
 
-# ----------------------------------------------------------------------------- walking folder layouts
+# ----------------------------------------------------------------------------- walking a format's files
 
 
-def _list_files(folder: Path, suffixes: Iterable[str], role: str, col: _Collector,
-                name_suffix: str = "") -> dict[str, Path]:
-    """stem -> path as the readers list them; duplicates and badly named files become problems."""
-    files: dict[str, Path] = {}
-    suffixes = set(suffixes)
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in suffixes:
-            continue
-        stem = path.stem
-        if name_suffix:
-            if not stem.endswith(name_suffix):
-                col.problem("fatal", f"{path}: {role} name does not end with '{name_suffix}'; rename it, move it "
-                                     f"out of {folder}, or change the {role}_suffix option", "name")
-                continue
-            stem = stem[: -len(name_suffix)]
-        if stem in files:
-            col.report.duplicate_stems.append(str(path))
-            col.problem("fatal", f"{path}: duplicate {role} id '{stem}' (also {files[stem].name}); the reader "
-                                 f"refuses it: keep one of them (remove or rename {path.name})", "duplicate")
-            continue
-        files[stem] = path
-    return files
+def _taken(col: _Collector, scan: FolderScan) -> dict[str, Path]:
+    """The files a reader takes from `scan`; each file it refuses becomes a fatal problem."""
+    for refused in scan.refused:
+        if refused.kind == "duplicate":
+            col.report.duplicate_stems.append(str(refused.path))
+        col.problem("fatal", refused.message, refused.kind)
+    return scan.files
 
 
-def _walk_pairs(col: _Collector, image_dir: Path, mask_dir: Path | None, suffixes: Iterable[str],
-                read_image: Callable[[Path], np.ndarray], read_mask: Callable[[Path], tuple[np.ndarray, np.ndarray, str]],
-                ignore_index: int | None, one_size: bool, image_suffix: str = "", mask_suffix: str = "",
-                csv_masks: dict[str, Callable[[tuple[int, int]], np.ndarray]] | None = None,
-                csv_path: Path | None = None) -> None:
-    """Decode every image and mask file; record numbers and problems; remember readable pairs."""
+def _mask_sources(col: _Collector, layout: PairLayout
+                  ) -> tuple[dict[str, Path] | None, dict[str, Callable[[tuple[int, int]], np.ndarray]] | None]:
+    """Mask files by id, else (no mask folder) the mask table's rows by id; a problem when there is neither."""
+    if layout.mask_dir.is_dir():
+        scan = layout.scan_masks()
+        masks = _taken(col, scan)
+        col.report.num_masks = len(masks) + len(scan.duplicates())
+        return masks, None
+    if layout.mask_table is not None and layout.read_table is not None and layout.mask_table.is_file():
+        try:
+            rows = layout.read_table(layout.mask_table)
+        except DataError as exc:
+            col.problem("fatal", str(exc), "unreadable")
+            rows = {}
+        col.report.num_masks = len(rows)
+        return None, rows
+    col.problem("fatal", layout.missing_masks, "missing-mask")
+    return None, None
+
+
+def _pairing(col: _Collector, layout: PairLayout, images: dict[str, Path], masks: dict[str, Path] | None,
+             rows: dict | None) -> set[str]:
+    """Orphan masks (or table rows) and images without a mask as problems; the ids that have a mask."""
     report = col.report
-    suffixes = set(suffixes)
-    images = _list_files(image_dir, suffixes, "image", col, image_suffix)
-    report.num_images = len(images) + sum(1 for d in report.duplicate_stems if Path(d).parent == image_dir)
-    if not images:
-        col.problem("fatal", f"{image_dir}: no image files ({', '.join(sorted(suffixes))}); the folder is empty: "
-                             "put the images there or point at the right folder", "empty")
-    masks: dict[str, Path] = {}
-    if mask_dir is not None:
-        masks = _list_files(mask_dir, suffixes, "mask", col, mask_suffix)
-        report.num_masks = len(masks) + sum(1 for d in report.duplicate_stems if Path(d).parent == mask_dir)
-    elif csv_masks is not None:
-        report.num_masks = len(csv_masks)
-    mask_ids = set(masks) if mask_dir is not None else set(csv_masks or {})
-
-    if mask_dir is not None:
+    if masks is not None:
         for stem in sorted(set(masks) - set(images)):
             report.orphan_masks.append(str(masks[stem]))
-            col.problem("fatal", f"{masks[stem]}: mask without its image (id '{stem}' not in {image_dir}); add the "
-                                 "image, remove the mask or check the suffixes", "orphan-mask")
-    elif csv_masks is not None:
-        extra = sorted(set(csv_masks) - set(images))
+            col.problem("fatal", f"{masks[stem]}: mask without its image (id '{stem}' not in {layout.image_dir}); "
+                                 "add the image, remove the mask or check the suffixes", "orphan-mask")
+    elif rows is not None:
+        extra = sorted(set(rows) - set(images))
         if extra:
-            report.orphan_masks.extend(f"{csv_path}#{i}" for i in extra)
-            col.problem("warning", f"{csv_path}: {len(extra)} row(s) without an image in {image_dir} (first id "
-                                   f"'{extra[0]}'); the reader ignores them: add the images or drop the rows",
-                        "orphan-mask")
+            report.orphan_masks.extend(f"{layout.mask_table}#{i}" for i in extra)
+            col.problem("warning", f"{layout.mask_table}: {len(extra)} row(s) without an image in {layout.image_dir} "
+                                   f"(first id '{extra[0]}'); the reader ignores them: add the images or drop the "
+                                   "rows", "orphan-mask")
+    mask_ids = set(masks if masks is not None else rows or {})
     for stem in sorted(set(images) - mask_ids):
         report.unmatched_images.append(str(images[stem]))
-        where = f"a row in {csv_path}" if csv_masks is not None else (
-            f"{mask_dir}/{stem}{mask_suffix}.png" if mask_dir is not None else "a mask")
+        where = f"a row in {layout.mask_table}" if rows is not None else (
+            f"{layout.mask_dir}/{stem}{layout.mask_suffix}.png" if masks is not None else "a mask")
         col.problem("fatal", f"{images[stem]}: image without its mask (expected {where}); add the mask or "
                              "remove the image", "missing-mask")
+    return mask_ids
 
+
+def _decode_images(col: _Collector, layout: PairLayout, images: dict[str, Path]) -> dict[str, tuple[int, int]]:
+    """Decode every image into the numbers; (H, W) by id of those that decode; size problems."""
     decoded: dict[str, tuple[int, int]] = {}
     for stem, path in images.items():
         try:
-            image = read_image(path)
+            image = layout.read_image(path)
             mode = _file_mode(path)
         except Exception as exc:  # noqa: BLE001 - every decoder failure is a problem to list
-            report.unreadable.append(str(path))
+            col.report.unreadable.append(str(path))
             col.problem("fatal", _error_text(exc, path), "unreadable")
             continue
         col.image(image, mode)
         decoded[stem] = image.shape[:2]
-
     common = Counter(decoded.values()).most_common(1)[0][0] if decoded else None
-    if one_size and common is not None:
+    if layout.one_size and common is not None:
         for stem, shape in decoded.items():
             if shape != common:
                 col.problem("fatal", f"{images[stem]}: size {shape[1]}x{shape[0]} differs from the common "
                                      f"{common[1]}x{common[0]}; this layout needs one image size: resize or "
                                      "remove the image", "size")
+    return decoded
 
+
+def _decode_mask(col: _Collector, layout: PairLayout, stem: str, path: Path | None, rows: dict | None,
+                 shape: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray, str, str] | None:
+    """(values as stored, class indices, mode, where) of one mask; None (and a problem) when it cannot be read."""
+    if path is not None:
+        try:
+            values, classes = layout.read_mask(path)
+        except Exception as exc:  # noqa: BLE001
+            col.report.unreadable.append(str(path))
+            col.problem("fatal", _error_text(exc, path), "unreadable")
+            return None
+        return values, classes, _mask_mode(path, values), str(path)
+    if shape is None:
+        return None  # a row needs its image's size to be decoded
+    where = f"{layout.mask_table} row '{stem}'"
+    try:
+        values = rows[stem](shape).astype(np.uint8)  # type: ignore[index]
+    except Exception as exc:  # noqa: BLE001
+        col.report.unreadable.append(where)
+        col.problem("fatal", f"{where}: cannot decode the run-length mask ({exc}); fix or remove the row",
+                    "unreadable")
+        return None
+    return values, values, f"{layout.mask_table.name} run-length", where  # type: ignore[union-attr]
+
+
+def _walk_layout(col: _Collector, layout: PairLayout) -> None:
+    """Decode every image and mask file of a paired layout; record numbers and problems; keep readable pairs."""
+    report = col.report
+    report.class_names = list(layout.class_names or [])
+    report.ignore_index = layout.ignore_index
+    if not layout.image_dir.is_dir():
+        raise DataError(f"{layout.image_dir}: image folder not found; check the path or pass the right folder "
+                        "name (--set-option images=NAME)")
+    scan = layout.scan_images()
+    images = _taken(col, scan)
+    report.num_images = len(images) + len(scan.duplicates())
+    if not images:
+        col.problem("fatal", f"{layout.image_dir}: no image files ({', '.join(sorted(layout.suffixes))}); the "
+                             "folder is empty: put the images there or point at the right folder", "empty")
+    masks, rows = _mask_sources(col, layout)
+    mask_ids = _pairing(col, layout, images, masks, rows)
+    decoded = _decode_images(col, layout, images)
+    common = Counter(decoded.values()).most_common(1)[0][0] if decoded else None
     for stem in sorted(mask_ids):
-        if mask_dir is not None:
-            path = masks[stem]
-            where = str(path)
-            try:
-                raw, mapped, mode = read_mask(path)
-            except Exception as exc:  # noqa: BLE001
-                report.unreadable.append(str(path))
-                col.problem("fatal", _error_text(exc, path), "unreadable")
-                continue
-        else:
-            if stem not in decoded:
-                continue  # a row needs its image's size to be decoded
-            where = f"{csv_path} row '{stem}'"
-            try:
-                raw = csv_masks[stem](decoded[stem]).astype(np.uint8)  # type: ignore[index]
-            except Exception as exc:  # noqa: BLE001
-                report.unreadable.append(where)
-                col.problem("fatal", f"{where}: cannot decode the run-length mask ({exc}); fix or remove the row",
-                            "unreadable")
-                continue
-            mapped, mode = raw, "train.csv run-length"
-        if stem in decoded and raw.shape != decoded[stem]:
-            col.problem("fatal", f"{where}: mask size {raw.shape[1]}x{raw.shape[0]} differs from its image's "
+        mask_path = masks[stem] if masks is not None else None
+        mask = _decode_mask(col, layout, stem, mask_path, rows, decoded.get(stem))
+        if mask is None:
+            continue
+        values, classes, mode, where = mask
+        if stem in decoded and values.shape != decoded[stem]:
+            col.problem("fatal", f"{where}: mask size {values.shape[1]}x{values.shape[0]} differs from its image's "
                                  f"{decoded[stem][1]}x{decoded[stem][0]}; resize or replace the mask", "size")
             continue
-        empty = col.mask(_value_counts(raw), mapped, mode, where, ignore_index)
-        if stem in decoded and (not one_size or decoded[stem] == common):
-            image_path = images[stem]
-            col.pairs.append((stem, empty, _loader(image_path, path if mask_dir is not None else None, read_image,
-                                                   read_mask, csv_masks, stem, decoded[stem])))
+        empty = col.mask(_value_counts(values), classes, mode, where, layout.ignore_index)
+        if stem in decoded and (not layout.one_size or decoded[stem] == common):
+            col.pairs.append((stem, empty, _loader(layout, images[stem], mask_path, rows, stem, decoded[stem])))
     report.num_pairs = len(col.pairs)
+    _mixed_images(col, layout)
 
 
-def _loader(image_path, mask_path, read_image, read_mask, csv_masks, stem, shape):
+def _loader(layout: PairLayout, image_path: Path, mask_path: Path | None, rows: dict | None, stem: str,
+            shape: tuple[int, int]) -> Callable[[], tuple[np.ndarray, np.ndarray]]:
     def load() -> tuple[np.ndarray, np.ndarray]:
-        image = read_image(image_path)
-        mask = read_mask(mask_path)[1] if mask_path is not None else csv_masks[stem](shape)
+        image = layout.read_image(image_path)
+        mask = layout.read_mask(mask_path)[1] if mask_path is not None else rows[stem](shape)  # type: ignore[index]
         return image, mask
     return load
 
 
-def _walk_tgs(col: _Collector, root: Path, options: dict[str, Any]) -> None:
-    from unetlab.data.formats.tgs import IMAGE_SUFFIXES, read_rle_csv
-    from unetlab.data.io import read_grey
-    from unetlab.data.rle import rle_decode
-
-    if options:
-        raise DataError(f"format 'tgs': unknown option(s) {', '.join(sorted(options))}; accepted: none")
-    for base in (root / "train", root):
-        if (base / "images").is_dir():
-            break
-    else:
-        raise DataError(f"{root}: no images/ folder found (expected {root}/train/images/*.png as in TGS Salt, "
-                        f"or {root}/images/); point DATA at the data set's top folder")
-    image_dir, mask_dir = base / "images", base / "masks"
-    csv_path = root / "train.csv"
-    col.report.class_names = ["background", "salt"]
-
-    def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-        raw, mode = _raw_mask(path)
-        return raw, (raw > 0).astype(np.uint8), mode
-
-    csv_masks = None
-    if not mask_dir.is_dir():
-        if csv_path.is_file():
-            try:
-                rles = read_rle_csv(csv_path)
-            except DataError as exc:
-                col.problem("fatal", str(exc), "unreadable")
-                rles = {}
-            csv_masks = {i: (lambda shape, r=r: rle_decode(r, shape)) for i, r in rles.items()}
-        else:
-            col.problem("fatal", f"{mask_dir}: masks folder not found (nor {csv_path}); training and evaluation "
-                                 "need a mask per image: add masks/ or train.csv", "missing-mask")
-    _walk_pairs(col, image_dir, mask_dir if mask_dir.is_dir() else None, IMAGE_SUFFIXES, read_grey, read_mask,
-                ignore_index=None, one_size=True, csv_masks=csv_masks, csv_path=csv_path)
-
-
-def _walk_folders(col: _Collector, root: Path, options: dict[str, Any]) -> None:
-    from unetlab.data.formats.folders import BINARY_RULES, FILE_SUFFIXES, apply_binary_rule
-    from unetlab.data.formats.samples import BINARY_CLASSES
-    from unetlab.data.io import read_image, read_index_mask
-
-    rule = options.get("binary_rule")
-    if rule not in BINARY_RULES:
-        raise DataError(f"binary_rule={rule!r}: unknown rule; choose one of {', '.join(map(repr, BINARY_RULES))}")
-    ignore_index = options.get("ignore_index")
-    channels = options.get("channels")
-    image_dir, mask_dir = root / options.get("images", "images"), root / options.get("masks", "masks")
-    if not image_dir.is_dir():
-        raise DataError(f"{image_dir}: image folder not found; check the path or pass the right folder name "
-                        "(--set-option images=NAME)")
-    if options.get("class_names"):
-        col.report.class_names = list(options["class_names"])
-    elif options.get("num_classes"):
-        n = int(options["num_classes"])
-        col.report.class_names = list(BINARY_CLASSES) if n == 2 else [f"class_{k}" for k in range(n)]
-    elif rule:
-        col.report.class_names = list(BINARY_CLASSES)
-    col.report.ignore_index = ignore_index
-
-    def read_mask(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
-        from PIL import Image
-
-        raw = read_index_mask(path)
-        mapped = raw
-        if rule is not None:
-            keep = raw == ignore_index if ignore_index is not None else None
-            mapped = apply_binary_rule(raw, rule)
-            if keep is not None and keep.any():
-                mapped[keep] = ignore_index
-        try:
-            with Image.open(path) as image:
-                mode = _mode_label(image)
-        except Exception:  # noqa: BLE001 - TIFF read by tifffile
-            mode = "TIFF " + _array_mode(raw)
-        return raw, mapped, mode
-
-    if not mask_dir.is_dir():
-        col.problem("fatal", f"{mask_dir}: mask folder not found; add the masks or pass the right folder name "
-                             "(--set-option masks=NAME)", "missing-mask")
-    _walk_pairs(col, image_dir, mask_dir if mask_dir.is_dir() else None, FILE_SUFFIXES,
-                lambda p: read_image(p, channels=channels), read_mask, ignore_index=ignore_index, one_size=False,
-                image_suffix=options.get("image_suffix", ""), mask_suffix=options.get("mask_suffix", ""),
-                csv_masks=None)
+def _mixed_images(col: _Collector, layout: PairLayout) -> None:
+    """Images of several channel counts, or of several sizes where the layout allows that."""
     kinds = sorted(col.moments)
     if len(kinds) > 1:
         if kinds == [1, 3]:
-            col.problem("warning", f"{image_dir}: {col.moment_images[1]} grey image(s) among "
+            col.problem("warning", f"{layout.image_dir}: {col.moment_images[1]} grey image(s) among "
                                    f"{col.moment_images[3]} RGB ones; the reader repeats grey to RGB "
                                    "(or pass --set-option channels=1 or 3)", "channels")
         else:
-            col.problem("fatal", f"{image_dir}: images with {', '.join(map(str, kinds))} channels; all images of a "
-                                 "data set need the same channels: convert them or pass --set-option channels=N",
-                        "channels")
-    if len(col.sizes) > 1:
-        col.problem("warning", f"{image_dir}: {len(col.sizes)} image sizes; binary training (ArrayDataset) needs "
-                               "one size: resize or crop the images first", "size")
+            col.problem("fatal", f"{layout.image_dir}: images with {', '.join(map(str, kinds))} channels; all images "
+                                 "of a data set need the same channels: convert them or pass --set-option "
+                                 "channels=N", "channels")
+    if not layout.one_size and len(col.sizes) > 1:
+        col.problem("warning", f"{layout.image_dir}: {len(col.sizes)} image sizes; binary training (ArrayDataset) "
+                               "needs one size: resize or crop the images first", "size")
 
 
 def _walk_reader(col: _Collector, fmt: str, root: Path, options: dict[str, Any]) -> None:
     """Formats without a folder walk: read with the reader; its first DataError is one fatal problem."""
-    from unetlab.data.formats.registry import read_dataset
-
     try:
         samples = read_dataset(fmt, root, **options)
     except DataError as exc:
@@ -490,18 +427,8 @@ def inspect_dataset(root: str | Path, format: str = "tgs", options: dict[str, An
     `console` (a rich Console; a new one on stdout by default; pass `console=False` for silence).
     With `out_dir`, `samples.png` and `inspection.json` are written there.
     """
-    from unetlab.data.formats.registry import FORMATS, format_options
-
     root = Path(root)
-    key = format.strip().lower().replace("_", "-")
-    if key not in FORMATS:
-        raise DataError(f"format {format!r}: unknown data format; choose one of {', '.join(FORMATS)}")
-    options = dict(options or {})
-    accepted = format_options(key)
-    unknown = sorted(set(options) - set(accepted))
-    if unknown:
-        raise DataError(f"format {key!r}: unknown option(s) {', '.join(unknown)}; accepted: "
-                        f"{', '.join(accepted) or 'none'}")
+    key, options = resolve_format(format, options)
     if num_classes is not None and num_classes < 1:
         raise DataError(f"--classes {num_classes}: the number of classes must be at least 1")
     if not root.exists():
@@ -511,13 +438,12 @@ def inspect_dataset(root: str | Path, format: str = "tgs", options: dict[str, An
 
     report = InspectionReport(root=str(root), format=key, options=options)
     col = _Collector(report)
-    if key == "tgs":
-        _walk_tgs(col, root, options)
-    elif key == "folders":
-        _walk_folders(col, root, options)
+    layout = pair_layout(key, root, **options)
+    if layout is not None:
+        _walk_layout(col, layout)
     else:
         _walk_reader(col, key, root, options)
-    _finish(col, key, num_classes)
+    _finish(col, key, num_classes, nonzero_is_foreground=layout is not None and layout.nonzero_is_foreground)
     if console is not False:
         print_report(report, console)
     if out_dir is not None:
@@ -528,9 +454,7 @@ def inspect_dataset(root: str | Path, format: str = "tgs", options: dict[str, An
     return report
 
 
-def _finish(col: _Collector, fmt: str, num_classes: int | None) -> None:
-    from unetlab.data.formats.samples import infer_class_names
-
+def _finish(col: _Collector, fmt: str, num_classes: int | None, nonzero_is_foreground: bool = False) -> None:
     report = col.report
     report.image_sizes = dict(col.sizes.most_common())
     report.image_modes = dict(col.image_modes.most_common())
@@ -569,18 +493,19 @@ def _finish(col: _Collector, fmt: str, num_classes: int | None) -> None:
 
     # --- mask values: the 0/255 warning and values beyond the classes ---
     stored = set(col.values)
-    if fmt == "tgs" and stored - {0}:
+    if nonzero_is_foreground and stored - {0}:
         high = sorted(stored - {0})
         if set(high) <= {255, 65535}:
             which = " and ".join(f"0/{v}" for v in high)
             col.problem("warning", f"{report.root}: masks are {which} (seen: "
                                    f"{', '.join('{' + s.replace(',', ', ') + '}' for s in report.mask_value_sets)});"
-                                   " binarised with > 0 by the tgs reader; for index masks set a mapping "
+                                   f" binarised with > 0 by the {fmt} reader; for index masks set a mapping "
                                    "(e.g. --format folders with class indices)", "values")
         elif len(high) > 1:
-            col.problem("warning", f"{report.root}: masks hold {len(high)} non-zero values ({high[:8]}); the tgs "
-                                   "reader makes every value > 0 salt: anti-aliased or resampled masks? Re-export "
-                                   "them as 0/255, or read index masks with --format folders", "values")
+            col.problem("warning", f"{report.root}: masks hold {len(high)} non-zero values ({high[:8]}); the "
+                                   f"{fmt} reader makes every value > 0 foreground: anti-aliased or resampled "
+                                   "masks? Re-export them as 0/255, or read index masks with --format folders",
+                        "values")
     n = num_classes if num_classes is not None else (len(report.class_names) or None)
     if n is not None:
         bad_values: set[int] = set()
@@ -593,7 +518,8 @@ def _finish(col: _Collector, fmt: str, num_classes: int | None) -> None:
         if bad_files:
             shown = sorted(bad_values)
             binary = set(shown) <= {255, 65535} and n == 2
-            fix = ("read 0/255 masks with --set-option binary_rule=nonzero" if binary and fmt == "folders" else
+            nonzero_option = "binary_rule" in format_options(fmt)
+            fix = ("read 0/255 masks with --set-option binary_rule=nonzero" if binary and nonzero_option else
                    "remap the masks, pass the right --classes" + (", or set ignore_index" if ignore is None else ""))
             source = "--classes" if num_classes is not None else "the format's classes"
             col.problem("fatal", f"{bad_files[0]}: mask values {shown[:8]} exceed {n} classes (0..{n - 1} from "
@@ -740,7 +666,7 @@ def _display_image(image: np.ndarray) -> np.ndarray:
 
 
 def _write_outputs(col: _Collector, out_dir: Path) -> None:
-    from unetlab.data.io import atomic_write_text
+    from unetlab.files import atomic_write_text
     from unetlab.viz import save_sample_grid
 
     report = col.report

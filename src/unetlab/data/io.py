@@ -6,14 +6,13 @@ RGB with identical channels (TGS) is reduced to one channel; 16-bit masks keep t
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unetlab.errors import DataError
+from unetlab.files import atomic_write_bytes
 
 
 def _open(path: Path) -> Image.Image:
@@ -50,31 +49,19 @@ def read_grey(path: str | Path) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.uint8)
 
 
-def read_binary_mask(path: str | Path) -> np.ndarray:
-    """Read a mask as bool (H, W): any non-zero value is foreground (8-bit {0,255}, 16-bit {0,65535}, {0,1})."""
+def read_mask_values(path: str | Path) -> np.ndarray:
+    """Read a mask's values as stored (H, W): colour channels reduced by their max, alpha dropped,
+    bilevel masks as {0, 1} uint8; 16-bit values are kept."""
     path = Path(path)
     array = np.asarray(_open(path))
     if array.ndim == 3:
         array = array[..., :3].max(axis=-1) if array.shape[-1] >= 3 else array[..., 0]  # drop alpha
-    return array > 0
+    return array.astype(np.uint8) if array.dtype == bool else array
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def read_binary_mask(path: str | Path) -> np.ndarray:
+    """Read a mask as bool (H, W): any non-zero value is foreground (8-bit {0,255}, 16-bit {0,65535}, {0,1})."""
+    return read_mask_values(path) > 0
 
 
 def save_png(path: str | Path, array: np.ndarray) -> Path:

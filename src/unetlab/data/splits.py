@@ -13,8 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from unetlab.data.io import atomic_write_text
 from unetlab.errors import DataError
+from unetlab.files import atomic_write_text
 
 
 def coverage_classes(coverage: np.ndarray, bins: int) -> np.ndarray:

@@ -33,7 +33,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +40,7 @@ from PIL import Image
 
 from unetlab.data.rle import rle_encode
 from unetlab.errors import ConfigError
+from unetlab.files import atomic_write_bytes
 
 __all__ = ["generate_seismic", "write_tgs_dataset"]
 
@@ -232,39 +232,26 @@ def _salt_body(rng: np.random.Generator, kind: str, z: np.ndarray, x: np.ndarray
 # ----------------------------------------------------------------------------- one image
 
 
-def _one_image(seed: int, index: int, height: int, width: int,
-               empty_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    # independent streams, so e.g. changing the empty fraction keeps the sediments of image i
-    r_choice, r_sed, r_salt, r_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
-    )
-    has_salt = r_choice.random() >= empty_fraction
-    scale = float(min(height, width))
+def _salt_distance(r_salt: np.random.Generator, z: np.ndarray, x: np.ndarray, height: int, width: int,
+                   margin: int) -> np.ndarray:
+    """Signed distance (px) to the salt: a union of bodies that shows inside the crop."""
+    for _attempt in range(20):
+        kind = _SALT_KINDS[r_salt.choice(len(_SALT_KINDS), p=_SALT_KIND_P)]
+        sd = _salt_body(r_salt, kind, z, x, height, width)
+        if r_salt.random() < 0.18:  # a second, independent body
+            kind2 = _SALT_KINDS[r_salt.choice(3)]
+            sd = np.minimum(sd, _salt_body(r_salt, kind2, z, x, height, width))
+        if (sd[margin:margin + height] < 0).any():
+            return sd
+    # practically never: fall back to a dome in the middle
+    return _ellipse_sd(r_salt, z, x, height * 1.1, width / 2, width / 2, height / 2, 0.03)
 
-    freq = r_sed.uniform(0.065, 0.14)  # dominant frequency, cycles per pixel
-    # margins above and below the crop cover the wavelet support (the depth FFT wraps around)
-    rows = _fast_len(height + 2 * (int(np.ceil(2.5 / freq)) + 4))
-    margin = (rows - height) // 2
-    zz = np.arange(-margin, rows - margin, dtype=np.float64)[:, None]
-    xx = np.arange(width, dtype=np.float64)[None, :]
+
+def _geological_time(r_sed: np.random.Generator, zz: np.ndarray, xx: np.ndarray, sd: np.ndarray,
+                     has_salt: bool, height: int, width: int, margin: int, rows: int) -> np.ndarray:
+    """Geological time of every pixel: dip + folds (+ a fault) + pull-up near salt."""
     z, x = np.broadcast_arrays(zz, xx)
-
-    # ---- salt: signed distance (px), union of bodies
-    sd = np.full(z.shape, np.inf)
-    if has_salt:
-        for _attempt in range(20):
-            kind = _SALT_KINDS[r_salt.choice(len(_SALT_KINDS), p=_SALT_KIND_P)]
-            sd = _salt_body(r_salt, kind, z, x, height, width)
-            if r_salt.random() < 0.18:  # a second, independent body
-                kind2 = _SALT_KINDS[r_salt.choice(3)]
-                sd = np.minimum(sd, _salt_body(r_salt, kind2, z, x, height, width))
-            if (sd[margin:margin + height] < 0).any():
-                break
-        else:  # practically never: fall back to a dome in the middle
-            sd = _ellipse_sd(r_salt, z, x, height * 1.1, width / 2, width / 2, height / 2, 0.03)
-    in_salt = sd < 0
-
-    # ---- geological time: dip + folds (+ fault) + pull-up near salt
+    scale = float(min(height, width))
     dip = np.tan(np.deg2rad(r_sed.uniform(-12, 12)))
     depth_frac = (zz + margin) / rows
     folds = np.zeros((1, width))
@@ -284,9 +271,12 @@ def _one_image(seed: int, index: int, height: int, width: int,
         drag_amp = r_sed.uniform(0.02, 0.08) * scale
         drag_len = drag_amp * r_sed.uniform(1.8, 3.0)
         t = t + drag_amp * np.exp(-np.maximum(sd, 0.0) / drag_len)
-    t = np.broadcast_to(t, z.shape)
+    return np.broadcast_to(t, z.shape)
 
-    # ---- sediment log-impedance: layers of random thickness and contrast
+
+def _sediment_impedance(r_sed: np.random.Generator, r_noise: np.random.Generator, t: np.ndarray,
+                        width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Log-impedance of layers of random thickness and contrast, and its fine 1-D profile."""
     t_lo, t_hi = float(t.min()) - 2, float(t.max()) + 2
     mean_thick = r_sed.uniform(2.0, 6.0)
     n_layers = int((t_hi - t_lo) / mean_thick * 2) + 8
@@ -303,35 +293,37 @@ def _one_image(seed: int, index: int, height: int, width: int,
     log_imp = np.interp(t, fine_t, fine)
     # laterally varying amplitude, as in real sections
     lateral = 1.0 + 0.25 * _smooth_noise(r_noise, (1, width), 1, 0.2 * width)
-    log_imp = log_imp * np.clip(lateral, 0.5, 1.5)
+    return log_imp * np.clip(lateral, 0.5, 1.5), fine
 
-    if has_salt:
-        # salt: faster than the sediments around it -> positive top, negative base reflection
-        salt_level = float(np.percentile(fine, 90)) + r_salt.uniform(0.2, 0.35)
-        chaos = r_salt.uniform(0.006, 0.015) * _smooth_noise(r_salt, z.shape, 1.0, 1.3)
-        # soft edge: one pixel (anti-aliasing) where the boundary is flat, wider where it is
-        # steep, so steep flanks image weakly as in real data instead of as a drawn line
-        gz, gx = np.gradient(np.clip(sd, -50.0, 50.0))
-        steep = 1.0 - np.abs(gz) / np.sqrt(gz**2 + gx**2 + 1e-12)
-        weight = np.clip(0.5 - sd / (1.0 + 4.0 * steep), 0.0, 1.0)
-        # poor illumination below salt: dim the sediments under it
-        salt_above = np.cumsum(weight, axis=0)
-        shadow = 1.0 - r_salt.uniform(0.2, 0.5) * (1.0 - np.exp(-salt_above / 6.0))
-        log_imp = log_imp * shadow
-        log_imp = (1.0 - weight) * log_imp + weight * (salt_level + chaos)
 
-    # ---- reflectivity -> seismic
+def _with_salt(r_salt: np.random.Generator, log_imp: np.ndarray, fine: np.ndarray, sd: np.ndarray) -> np.ndarray:
+    """Salt is faster than the sediments around it: a positive top and a negative base reflection."""
+    salt_level = float(np.percentile(fine, 90)) + r_salt.uniform(0.2, 0.35)
+    chaos = r_salt.uniform(0.006, 0.015) * _smooth_noise(r_salt, sd.shape, 1.0, 1.3)
+    # soft edge: one pixel (anti-aliasing) where the boundary is flat, wider where it is
+    # steep, so steep flanks image weakly as in real data instead of as a drawn line
+    gz, gx = np.gradient(np.clip(sd, -50.0, 50.0))
+    steep = 1.0 - np.abs(gz) / np.sqrt(gz**2 + gx**2 + 1e-12)
+    weight = np.clip(0.5 - sd / (1.0 + 4.0 * steep), 0.0, 1.0)
+    # poor illumination below salt: dim the sediments under it
+    salt_above = np.cumsum(weight, axis=0)
+    shadow = 1.0 - r_salt.uniform(0.2, 0.5) * (1.0 - np.exp(-salt_above / 6.0))
+    log_imp = log_imp * shadow
+    return (1.0 - weight) * log_imp + weight * (salt_level + chaos)
+
+
+def _seismic_uint8(r_noise: np.random.Generator, log_imp: np.ndarray, freq: float, margin: int,
+                   height: int) -> np.ndarray:
+    """Reflectivity -> band-limited seismic with noise, cropped, as uint8 around 128 clipped at a percentile."""
     refl = np.zeros_like(log_imp)
     refl[1:] = np.diff(log_imp, axis=0)
     seis = _ricker_filter(refl, freq)
-    band_noise = _ricker_filter(_smooth_noise(r_noise, z.shape, 0.5, 1.2), freq)
+    band_noise = _ricker_filter(_smooth_noise(r_noise, log_imp.shape, 0.5, 1.2), freq)
     sig_std = seis[margin:margin + height].std() + 1e-12
     noise_level = r_noise.uniform(0.05, 0.3) * sig_std / (band_noise.std() + 1e-12)
     seis = seis + noise_level * band_noise
     seis = seis[margin:margin + height]
     seis = seis + r_noise.standard_normal(seis.shape) * sig_std * r_noise.uniform(0.02, 0.08)
-
-    # ---- amplitude -> uint8 around 128, clipped at a percentile like processed data
     # a little lateral smear, as migration leaves (edge-padded 3-tap filter, no wrap-around)
     side = r_noise.uniform(0.1, 0.3)
     padded = np.pad(seis, ((0, 0), (1, 1)), mode="edge")
@@ -339,8 +331,30 @@ def _one_image(seed: int, index: int, height: int, width: int,
     clip = np.percentile(np.abs(seis), r_noise.uniform(94.0, 99.5)) + 1e-12
     gain = r_noise.uniform(0.7, 1.1) * 127.0 / clip
     offset = 128.0 + r_noise.uniform(-4, 4)
-    image = np.clip(np.rint(offset + gain * seis), 0, 255).astype(np.uint8)
-    return image, in_salt[margin:margin + height].copy()
+    return np.clip(np.rint(offset + gain * seis), 0, 255).astype(np.uint8)
+
+
+def _one_image(seed: int, index: int, height: int, width: int,
+               empty_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    # independent streams, so e.g. changing the empty fraction keeps the sediments of image i
+    r_choice, r_sed, r_salt, r_noise = (
+        np.random.default_rng(s) for s in np.random.SeedSequence([seed, index]).spawn(4)
+    )
+    has_salt = r_choice.random() >= empty_fraction
+    freq = r_sed.uniform(0.065, 0.14)  # dominant frequency, cycles per pixel
+    # margins above and below the crop cover the wavelet support (the depth FFT wraps around)
+    rows = _fast_len(height + 2 * (int(np.ceil(2.5 / freq)) + 4))
+    margin = (rows - height) // 2
+    zz = np.arange(-margin, rows - margin, dtype=np.float64)[:, None]
+    xx = np.arange(width, dtype=np.float64)[None, :]
+    z, x = np.broadcast_arrays(zz, xx)
+    sd = _salt_distance(r_salt, z, x, height, width, margin) if has_salt else np.full(z.shape, np.inf)
+    t = _geological_time(r_sed, zz, xx, sd, has_salt, height, width, margin, rows)
+    log_imp, fine = _sediment_impedance(r_sed, r_noise, t, width)
+    if has_salt:
+        log_imp = _with_salt(r_salt, log_imp, fine, sd)
+    image = _seismic_uint8(r_noise, log_imp, freq, margin, height)
+    return image, (sd < 0)[margin:margin + height].copy()
 
 
 # ----------------------------------------------------------------------------- public API
@@ -367,16 +381,6 @@ def generate_seismic(n: int, size: int | tuple[int, int] = 101, seed: int = 0,
 def _sample_id(seed: int, index: int, salt: int = 0) -> str:
     text = f"unetlab-synthetic:{seed}:{index}" + (f":{salt}" if salt else "")
     return hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -432,8 +436,8 @@ def write_tgs_dataset(root: str | Path, n: int = 400, size: int | tuple[int, int
         else:
             pil_image = Image.fromarray(image)  # L
             pil_mask = Image.fromarray(mask.astype(np.uint8) * np.uint8(255))  # L
-        _atomic_write_bytes(image_dir / f"{sample_id}.png", _png_bytes(pil_image))
-        _atomic_write_bytes(mask_dir / f"{sample_id}.png", _png_bytes(pil_mask))
+        atomic_write_bytes(image_dir / f"{sample_id}.png", _png_bytes(pil_image))
+        atomic_write_bytes(mask_dir / f"{sample_id}.png", _png_bytes(pil_mask))
 
         train_rows.append([sample_id, rle_encode(mask)])
         # depth (m-ish, 50..950): salt images tend to be deeper; loose, like the real data
@@ -441,8 +445,8 @@ def write_tgs_dataset(root: str | Path, n: int = 400, size: int | tuple[int, int
         a, b = (3.0, 2.0) if mask.any() else (2.0, 2.6)
         depth_rows.append([sample_id, int(round(50 + 900 * r_depth.beta(a, b)))])
 
-    _atomic_write_bytes(root / "train.csv", _csv_bytes(["id", "rle_mask"], train_rows))
-    _atomic_write_bytes(root / "depths.csv", _csv_bytes(["id", "z"], depth_rows))
+    atomic_write_bytes(root / "train.csv", _csv_bytes(["id", "rle_mask"], train_rows))
+    atomic_write_bytes(root / "depths.csv", _csv_bytes(["id", "z"], depth_rows))
     n_empty = int(sum(1 for row in train_rows if not row[1]))
     note = (
         "SYNTHETIC DATA - not real seismic and not the Kaggle TGS Salt data.\n"
@@ -456,5 +460,5 @@ def write_tgs_dataset(root: str | Path, n: int = 400, size: int | tuple[int, int
         "Masks: salt = 1. train.csv: Kaggle run-length encoding (column-major, 1-indexed).\n"
         "depths.csv: invented depths, loosely deeper where there is salt.\n"
     )
-    _atomic_write_bytes(root / "SYNTHETIC.txt", note.encode())
+    atomic_write_bytes(root / "SYNTHETIC.txt", note.encode())
     return root

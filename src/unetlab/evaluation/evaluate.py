@@ -16,12 +16,12 @@ import torch
 
 from unetlab.data.formats.registry import load_for_config
 from unetlab.data.dataset import ArrayDataset
-from unetlab.data.io import atomic_write_text
 from unetlab.data.splits import load_split
-from unetlab.engine.checkpoint import resolve_checkpoint
 from unetlab.errors import UnetlabError
+from unetlab.files import atomic_write_text
 from unetlab.inference.predictor import Predictor, decoding_options
 from unetlab.metrics import BinarySegmentationMetrics, scores_over_thresholds
+from unetlab.run_folder import RunFolder
 from unetlab.viz import save_multiclass_samples, save_prediction_grid, save_threshold_curve
 
 METRIC_NAMES = ("tgs_map", "iou", "dice", "precision", "recall", "pixel_accuracy", "mean_image_iou")
@@ -30,14 +30,10 @@ SWEEP = [round(0.05 * k, 2) for k in range(1, 20)]
 AREA_SWEEP = [0, 5, 10, 20, 30, 50, 75, 100, 150, 200, 300]  # eval.min_area values tried at the operating threshold
 
 
-def _run_dir(run: Path) -> Path:
-    return run if run.is_dir() else run.parent.parent
-
-
-def _choose_indices(run_dir: Path, dataset: ArrayDataset, split: str) -> tuple[str, dict[str, np.ndarray]]:
+def _choose_indices(folder: RunFolder, dataset: ArrayDataset, split: str) -> tuple[str, dict[str, np.ndarray]]:
     """Index sets by name; 'auto' is the run's validation split when the data holds its ids, else all."""
     everything = np.arange(len(dataset))
-    split_file = run_dir / "split.json"
+    split_file = folder.split_path
     sets: dict[str, np.ndarray] = {"all": everything}
     if split_file.is_file():
         try:
@@ -48,7 +44,8 @@ def _choose_indices(run_dir: Path, dataset: ArrayDataset, split: str) -> tuple[s
     if split == "auto":
         split = "val" if "val" in sets else "all"
     if split not in sets:
-        raise UnetlabError(f"--split {split}: {run_dir} has no split.json matching this data; use --split all")
+        raise UnetlabError(f"--split {split}: {folder.path} has no {RunFolder.SPLIT} matching this data; "
+                           "use --split all")
     return split, sets
 
 
@@ -101,8 +98,10 @@ def _area_sweep(probs: torch.Tensor, truth: torch.Tensor, valid: torch.Tensor | 
 
 
 def write_report(run_dir: Path) -> Path:
+    """RUN/report.md: one line per evaluation/*.json of the run."""
+    folder = RunFolder(run_dir)
     rows = []
-    for path in sorted((run_dir / "evaluation").glob("*.json")):
+    for path in folder.evaluation_paths():
         result = json.loads(path.read_text())
         rows.append(result)
     multiclass = any(r.get("task") == "multiclass" for r in rows)
@@ -127,7 +126,7 @@ def write_report(run_dir: Path) -> Path:
                   "an image where fewer than 'min area' pixels pass it.", ""]
     for r in rows:
         lines.append(f"Command: `{r['command']}`")
-    return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    return atomic_write_text(folder.report_path, "\n".join(lines) + "\n")
 
 
 def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", threshold: float | None = None,
@@ -136,17 +135,18 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
              dataset: ArrayDataset | None = None, min_area: int | None = None) -> dict:
     """Score checkpoint `which` of `run` on `data_root`; write JSON, report.md and figures into the run."""
     run = Path(run)
-    checkpoint = resolve_checkpoint(run, which)
-    run_dir = _run_dir(run)
+    checkpoint = RunFolder.resolve_checkpoint(run, which)
+    folder = RunFolder.of(checkpoint)
+    run_dir = folder.path
     predictor = Predictor.load(checkpoint)
     threshold, min_area = decoding_options(predictor, threshold, min_area)
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
         dataset = load_for_config(predictor.config, data_root)
-    split, sets = _choose_indices(run_dir, dataset, split)
+    split, sets = _choose_indices(folder, dataset, split)
     indices = sets[split]
     if predictor.task.name == "multiclass":
-        return _evaluate_multiclass(predictor, run_dir, dataset, data_root, split, sets, which, tta,
+        return _evaluate_multiclass(predictor, folder, dataset, data_root, split, sets, which, tta,
                                     figure_samples, log, command or f"unetlab evaluate {run} --data {data_root} "
                                     f"--split {split} --which {which}")
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)
@@ -162,7 +162,6 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     best_area_at = int(np.argmax(area_sweep["tgs_map"]))
     epoch = predictor.epoch
 
-    figures = run_dir / "figures"
     # One result file per setting: non-default TTA or threshold get their own, so none overwrites another.
     tag = f"{which}-{split}"
     if tta != predictor.config.eval.tta:
@@ -171,7 +170,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         tag += f"-t{threshold:g}"
     if min_area != predictor.config.eval.min_area:
         tag += f"-a{min_area}"
-    save_threshold_curve(figures / f"threshold-{tag}.png", SWEEP, sweep["precision"].numpy(),
+    save_threshold_curve(folder.figure_path(f"threshold-{tag}.png"), SWEEP, sweep["precision"].numpy(),
                          sweep["recall"].numpy(), sweep["tgs_map"].numpy(), chosen=threshold)
     rows = []
     position = {int(i): k for k, i in enumerate(indices)}
@@ -184,7 +183,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
             prob = probs[position[int(i)]] if int(i) in position else extra_probs[i]
             rows.append(_row(dataset, int(i), predictor.labels(prob, threshold, min_area).astype(bool), prob,
                              group))
-    save_prediction_grid(figures / f"predictions-{tag}.png", rows,
+    save_prediction_grid(folder.figure_path(f"predictions-{tag}.png"), rows,
                          title=f"{run_dir.name}: {which} checkpoint (epoch {epoch}), threshold {threshold:.2f}, "
                                f"TTA {tta}" + (f", min area {min_area}" if min_area else ""))
     result = {
@@ -196,18 +195,18 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         "best_min_area_on_this_set": AREA_SWEEP[best_area_at],
         "command": command or f"unetlab evaluate {run} --data {data_root} --split {split} --which {which}",
     }
-    atomic_write_text(run_dir / "evaluation" / f"{tag}.json", json.dumps(result, indent=1))
-    write_report(run_dir)
+    atomic_write_text(folder.evaluation_path(tag), json.dumps(result, indent=1))
+    write_report(folder.path)
     log(f"{which} checkpoint (epoch {epoch}) on {split} ({len(indices)} images), threshold {threshold:.2f}, "
         f"min area {min_area}, TTA {tta}: " + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
     log(f"threshold sweep on this set: best TGS metric {float(sweep['tgs_map'][best_at]):.4f} at "
         f"{SWEEP[best_at]:.2f}; min-area sweep: best {area_sweep['tgs_map'][best_area_at]:.4f} at "
         f"{AREA_SWEEP[best_area_at]} px (tune both on validation data only)")
-    log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
+    log(f"wrote {folder.report_path} and {RunFolder.FIGURES}/predictions-{tag}.png")
     return result
 
 
-def _evaluate_multiclass(predictor: Predictor, run_dir: Path, dataset: ArrayDataset, data_root: str | Path,
+def _evaluate_multiclass(predictor: Predictor, folder: RunFolder, dataset: ArrayDataset, data_root: str | Path,
                          split: str, sets: dict[str, np.ndarray], which: str, tta: str, figure_samples: int,
                          log: Callable[[str], None], command: str) -> dict:
     """Multiclass scoring: argmax labels, confusion-matrix metrics over labelled pixels, a colour figure."""
@@ -228,17 +227,17 @@ def _evaluate_multiclass(predictor: Predictor, run_dir: Path, dataset: ArrayData
     shown = indices[: figure_samples]
     truths = [np.where(dataset.valid[i], dataset.masks[i], 255) if dataset.valid is not None else dataset.masks[i]
               for i in shown]
-    save_multiclass_samples(run_dir / "figures" / f"predictions-{tag}.png", [dataset.images[i] for i in shown],
+    save_multiclass_samples(folder.figure_path(f"predictions-{tag}.png"), [dataset.images[i] for i in shown],
                             truths, labels[: len(shown)], task.class_names, ignore_index=255,
                             titles=[dataset.ids[i] for i in shown])
     result = {
-        "run": str(run_dir), "task": "multiclass", "checkpoint": which, "epoch": predictor.epoch,
+        "run": str(folder.path), "task": "multiclass", "checkpoint": which, "epoch": predictor.epoch,
         "data": str(data_root), "split": split, "images": int(len(indices)), "threshold": None, "tta": tta,
         "class_names": task.class_names, "metrics": scores, "confusion": confusion, "command": command,
     }
-    atomic_write_text(run_dir / "evaluation" / f"{tag}.json", json.dumps(result, indent=1))
-    write_report(run_dir)
+    atomic_write_text(folder.evaluation_path(tag), json.dumps(result, indent=1))
+    write_report(folder.path)
     log(f"{which} checkpoint (epoch {predictor.epoch}) on {split} ({len(indices)} images), TTA {tta}: "
         + "  ".join(f"{k} {scores[k]:.4f}" for k in MULTICLASS_METRIC_NAMES))
-    log(f"wrote {run_dir / 'report.md'} and figures/predictions-{tag}.png")
+    log(f"wrote {folder.report_path} and {RunFolder.FIGURES}/predictions-{tag}.png")
     return result

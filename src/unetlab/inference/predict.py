@@ -11,9 +11,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from unetlab.data.formats.tgs import IMAGE_SUFFIXES
-from unetlab.data.io import atomic_write_text, read_image, save_png
+from unetlab.data.io import read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
+from unetlab.files import atomic_write_text
 from unetlab.inference.predictor import Predictor, decoding_options
 from unetlab.metrics import tag_safe_name
 from unetlab.viz import colorize_labels, label_palette, save_overlay

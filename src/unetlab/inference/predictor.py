@@ -12,10 +12,11 @@ import torch.nn as nn
 from unetlab.config import Config, config_from_dict
 from unetlab.data.sizing import Sizing
 from unetlab.data.tensors import images_to_tensor, normalize
-from unetlab.engine.checkpoint import load_checkpoint, resolve_checkpoint
+from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.device import autocast, resolve_device
 from unetlab.errors import UnetlabError
 from unetlab.models import create_model
+from unetlab.run_folder import RunFolder
 from unetlab.tasks import build_task
 
 
@@ -95,7 +96,7 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, which: str = "best", device: str = "auto") -> "Predictor":
-        path = resolve_checkpoint(run_or_checkpoint, which)
+        path = RunFolder.resolve_checkpoint(run_or_checkpoint, which)
         payload = load_checkpoint(path)
         config = config_from_dict(payload["config"], source=str(path))
         # The checkpoint holds every weight: never fetch pretrained ones again just to overwrite them.

@@ -26,7 +26,7 @@ the default U-Net (1.94 M parameters) spends on the same image. `fcn-small` (fou
 channels, 28 k parameters) costs 2 * (9*(1*32 + 3*32*32) + 32) * 128**2 ~= 0.92 GFLOPs at 128x128
 and trains on a CPU.
 
-Registered names (all take the same keywords as `FCN`; they differ only in defaults):
+Registered names (`fcn` and its variants: all take the same keywords as `FCN`, only the defaults differ):
 
 * `fcn`: widths (30, 90, 270, 810), no dilation: the report's network;
 * `fcn-dilated`: the same widths, dilations (1, 2, 4, 8) (receptive field 31 px);
@@ -42,7 +42,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.models.blocks import NORMS, norm_layers
-from unetlab.models.registry import register_model
+from unetlab.models.registry import register_model, register_variant
 
 DEFAULT_WIDTHS: tuple[int, ...] = (30, 90, 270, 810)
 DILATED: tuple[int, ...] = (1, 2, 4, 8)
@@ -135,15 +135,6 @@ def fcn(in_channels: int = 1, classes: int = 1, widths: tuple[int, ...] = DEFAUL
     return FCN(in_channels, classes, widths, dilations, norm, dropout)
 
 
-@register_model("fcn-dilated")
-def fcn_dilated(in_channels: int = 1, classes: int = 1, widths: tuple[int, ...] = DEFAULT_WIDTHS,
-                dilations: tuple[int, ...] | None = DILATED, norm: str = "batch", dropout: float = 0.0) -> FCN:
-    """`fcn` with dilations (1, 2, 4, 8): receptive field 31 px at the same cost."""
-    return FCN(in_channels, classes, widths, dilations, norm, dropout)
-
-
-@register_model("fcn-small")
-def fcn_small(in_channels: int = 1, classes: int = 1, widths: tuple[int, ...] = SMALL_WIDTHS,
-              dilations: tuple[int, ...] | None = None, norm: str = "batch", dropout: float = 0.0) -> FCN:
-    """Four layers of 32 channels: ~28 k parameters, ~0.92 GFLOPs at 128x128, cheap enough for a CPU."""
-    return FCN(in_channels, classes, widths, dilations, norm, dropout)
+# Variants of `fcn` (registry.register_variant): the same keywords, other defaults.
+fcn_dilated = register_variant("fcn-dilated", base="fcn", dilations=DILATED)
+fcn_small = register_variant("fcn-small", base="fcn", widths=SMALL_WIDTHS)

@@ -1,7 +1,15 @@
-"""Models are chosen by name: `create_model("unet", base_width=16)`; the config's `model:` section maps onto it."""
+"""Models are chosen by name: `create_model("unet", base_width=16)`; the config's `model:` section maps onto it.
+
+One name space: base architectures (`register_model`, a decorator on a factory) and named variants
+(`register_variant("unet-add", base="unet", skip="add")`: a registered base with some options
+fixed as new defaults, which the user's options may still override). Both are created, listed
+and validated alike; `list_models(variants=False)` gives the base architectures only and
+`variant_of(name)` a variant's base and fixed options.
+"""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import typing
 from typing import Any, Callable
@@ -13,6 +21,8 @@ import torch.nn as nn
 from unetlab.errors import ConfigError
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+# variant name -> (base name, options fixed as its defaults)
+_VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {}
 
 
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
@@ -25,8 +35,39 @@ def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[.
     return decorator
 
 
-def list_models() -> list[str]:
-    return sorted(_MODELS)
+def register_variant(name: str, *, base: str, **options: Any) -> Callable[..., nn.Module]:
+    """Register `name` as model `base` with `options` as its defaults; returns the variant's factory.
+
+    The option names are checked now (a typo fails at import); their values when the variant is
+    validated or created, like any model's (the shared model tests build every variant).
+    """
+    if base in _VARIANTS:
+        raise ValueError(f"variant {name!r}: base {base!r} is itself a variant; use its base {_VARIANTS[base][0]!r}")
+    _check_names(base, options)
+    factory = functools.partial(_factory(base), **options)
+    register_model(name)(factory)
+    _VARIANTS[name] = (base, dict(options))
+    return factory
+
+
+def unregister_model(name: str) -> None:
+    """Remove model or variant `name` (KeyError if absent)."""
+    del _MODELS[name]
+    _VARIANTS.pop(name, None)
+
+
+def list_models(variants: bool = True) -> list[str]:
+    """Every registered name, sorted; `variants=False`: the base architectures only."""
+    return sorted(name for name in _MODELS if variants or name not in _VARIANTS)
+
+
+def variant_of(name: str) -> tuple[str, dict[str, Any]] | None:
+    """(base name, fixed options) of variant `name` (a copy); None for a base architecture."""
+    _factory(name)
+    if name not in _VARIANTS:
+        return None
+    base, options = _VARIANTS[name]
+    return base, dict(options)
 
 
 def _factory(name: str) -> Callable[..., nn.Module]:
@@ -41,6 +82,12 @@ def _check_names(name: str, options: dict[str, Any]) -> None:
     if unknown:
         raise ConfigError(f"unknown config key 'model.{unknown[0]}': not an option of model {name!r}; "
                           f"it takes {', '.join(accepted)}")
+
+
+def _type_hints(factory: Callable[..., nn.Module]) -> dict[str, Any]:
+    while isinstance(factory, functools.partial):  # a variant: its base's annotations
+        factory = factory.func
+    return typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
 
 
 def _value_error(name: str, options: dict[str, Any], exc: Exception) -> ConfigError:
@@ -58,7 +105,7 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     factory = _factory(name)
     _check_names(name, options)
     signature = inspect.signature(factory)
-    hints = typing.get_type_hints(factory.__init__ if isinstance(factory, type) else factory)
+    hints = _type_hints(factory)
     fields = {key: (hints.get(key, Any), param.default if param.default is not param.empty else ...)
               for key, param in signature.parameters.items()}
     schema = pydantic.create_model(f"{name}_options", __config__=pydantic.ConfigDict(extra="forbid"),

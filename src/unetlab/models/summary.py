@@ -2,8 +2,8 @@
 
 This is what `unetlab models [--size HxW]` prints:
 
-    rows = model_table(None, in_channels=1, size=(128, 128))   # every registered model, defaults
-    rows = model_table({"fcn d1248": {"name": "fcn", "dilations": (1, 2, 4, 8)}})  # named variants
+    rows = model_table(None, in_channels=1, size=(128, 128))   # every registered model (variants too), defaults
+    rows = model_table({"fcn d1248": {"name": "fcn", "dilations": (1, 2, 4, 8)}})  # labelled option sets
     print_model_table(rows)
 
 * `count_parameters(model)`: number of parameter elements (trainable or not).
@@ -177,14 +177,15 @@ def model_table(names_and_options: Mapping[str, Mapping[str, Any]] | None = None
                 seed: int = 0) -> list[dict[str, Any]]:
     """One row {name, params, gflops, receptive_field, clipped} per model.
 
-    names_and_options: None = every registered model with its defaults (`list_models()`), or named
-    variants `{"label": {"name": registered_name, **options}}` (the row's name is the label).
+    names_and_options: None = every registered model, named variants included, with its defaults
+    (`list_models()`), or `{"label": {"name": registered_name, **options}}` (the row's name is the label).
     `in_channels` is passed to every model unless a variant sets it. GFLOPs are per image at
     `size` (H, W); the receptive field is probed adaptively up to `rf_max_size` (see
     `receptive_field`), `clipped` meaning "at least that many pixels". The probe costs a float64
     forward and backward pass at each probe size tried, so a model with a large or global field
-    costs about 3x its float64 GFLOPs at `rf_max_size`: all registered models at the defaults take
-    ~17 s on one CPU thread (most of it resnet34_unet, clipped at 512); the 810-channel `fcn` with
+    costs about 3x its float64 GFLOPs at `rf_max_size`: the base architectures at the defaults take
+    ~17 s on one CPU thread (most of it resnet34_unet, clipped at 512), each U-Net variant ~1-2 s
+    more at 256; the 810-channel `fcn` with
     group norm would take minutes at 512, so lower `rf_max_size` for such variants.
     """
     if names_and_options is None:

@@ -8,9 +8,10 @@ padded to a multiple of 2**depth and the output cropped back.
 
 The design questions (max-pooling or strided convolution, concatenated / added / max / min / no
 skips, transposed or bilinear upsampling, plain or residual blocks, which normalisation, where
-dropout acts) are options of the one `UNet`, each a named piece in a table; `unet_variants()` is
-the named grid the studies and the shared model test use. With the default options the modules,
-state-dict keys and shapes are exactly the seed's, so its checkpoints load.
+dropout acts) are options of the one `UNet`, each a named piece in a table; the named grid the
+studies use (unet-strided3, unet-add, ..., end of this module) is registered as variants of `unet`,
+models of their own. With the default options the modules, state-dict keys and shapes are exactly
+the seed's, so its checkpoints load.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from unetlab.models.blocks import BLOCKS, NORMS, SCSE, BilinearUp, StridedDown, choose
-from unetlab.models.registry import register_model
+from unetlab.models.registry import register_model, register_variant
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -225,23 +226,17 @@ class UNet(nn.Module):
 unet = register_model("unet")(UNet)
 
 
-_VARIANTS: dict[str, dict[str, object]] = {
-    "unet": {},
-    "unet-strided3": {"downsample": "strided", "strided_kernel": 3},
-    "unet-strided2": {"downsample": "strided", "strided_kernel": 2},
-    "unet-add": {"skip": "add"},
-    "unet-max": {"skip": "max"},
-    "unet-min": {"skip": "min"},
-    "unet-noskip": {"skip": "none"},
-    "unet-bilinear": {"upsample": "bilinear"},
-    "unet-residual": {"block": "residual"},
-    "unet-groupnorm": {"norm": "group"},
-    "unet-instancenorm": {"norm": "instance"},
-    "unet-nonorm": {"norm": "none"},
-    "unet-scse": {"scse": True},
-}
-
-
-def unet_variants() -> dict[str, dict[str, object]]:
-    """The named grid of variants: name -> options of `unet` that differ from the defaults (a fresh copy)."""
-    return {name: dict(options) for name, options in _VARIANTS.items()}
+# The named variants of the design questions: models of their own in the one name space, each `unet`
+# with these options as its defaults (a config or create_model call may still override them).
+register_variant("unet-strided3", base="unet", downsample="strided", strided_kernel=3)
+register_variant("unet-strided2", base="unet", downsample="strided", strided_kernel=2)
+register_variant("unet-add", base="unet", skip="add")
+register_variant("unet-max", base="unet", skip="max")
+register_variant("unet-min", base="unet", skip="min")
+register_variant("unet-noskip", base="unet", skip="none")
+register_variant("unet-bilinear", base="unet", upsample="bilinear")
+register_variant("unet-residual", base="unet", block="residual")
+register_variant("unet-groupnorm", base="unet", norm="group")
+register_variant("unet-instancenorm", base="unet", norm="instance")
+register_variant("unet-nonorm", base="unet", norm="none")
+register_variant("unet-scse", base="unet", scse=True)

@@ -20,6 +20,9 @@ from unetlab.errors import DataError
 CAMVID_CLASSES = ["Sky", "Building", "Pole", "Road", "Pavement", "Tree", "SignSymbol", "Fence", "Car",
                   "Pedestrian", "Bicyclist"]
 CAMVID_IGNORE = 11  # Unlabelled
+# SegNet's colours for the classes above, in the same order (Unlabelled is black there, as unetlab's ignored pixels).
+CAMVID_COLOURS = [(128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222), (128, 128, 0),
+                  (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192)]
 
 VOC_CLASSES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
                "cow", "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -75,8 +78,8 @@ def read_camvid(root: str | Path, split: str = "train") -> SegmentationSamples:
         parts = [read_camvid(root, "train"), read_camvid(root, "val")]
         return SegmentationSamples(ids=parts[0].ids + parts[1].ids, images=parts[0].images + parts[1].images,
                                    masks=parts[0].masks + parts[1].masks, class_names=list(CAMVID_CLASSES),
-                                   ignore_index=CAMVID_IGNORE, root=root,
-                                   meta={**parts[0].meta, **parts[1].meta}).check()
+                                   ignore_index=CAMVID_IGNORE, root=root, meta={**parts[0].meta, **parts[1].meta},
+                                   palette=list(CAMVID_COLOURS)).check()
     image_folder, mask_folder = split, f"{split}annot"
     list_path = root / f"{split}.txt"
     if list_path.is_file():
@@ -98,7 +101,7 @@ def read_camvid(root: str | Path, split: str = "train") -> SegmentationSamples:
         meta[sample_id] = {"image": str(image_path), "mask": str(mask_path), "split": split}
     return SegmentationSamples(ids=[p[0] for p in pairs], images=images, masks=masks,
                                class_names=list(CAMVID_CLASSES), ignore_index=CAMVID_IGNORE, root=root,
-                               meta=meta).check()
+                               meta=meta, palette=list(CAMVID_COLOURS)).check()
 
 
 # --- VOC-style palette masks --------------------------------------------------------------------------

@@ -8,10 +8,13 @@ are refused for a 2-class task unless `binary_rule="nonzero"` maps mask > 0 to 1
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
+from unetlab.data.formats.layout import PairLayout, scan_folder
 from unetlab.data.io import read_image, read_index_mask
 from unetlab.data.formats.samples import (BINARY_CLASSES, SegmentationSamples, harmonise_channels,
                                           infer_class_names)
@@ -26,20 +29,7 @@ def list_files(folder: Path, suffix: str = "", role: str = "image") -> dict[str,
     if not folder.is_dir():
         what = "not a folder" if folder.exists() else "folder not found"
         raise DataError(f"{folder}: {role} {what}; check the path or pass the right folder name")
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or path.suffix.lower() not in FILE_SUFFIXES:
-            continue
-        stem = path.stem
-        if suffix:
-            if not stem.endswith(suffix):
-                raise DataError(f"{path}: {role} name does not end with '{suffix}'; rename it, move it out of "
-                                f"{folder}, or change the {role}_suffix option")
-            stem = stem[: -len(suffix)]
-        if stem in files:
-            raise DataError(f"{path}: duplicate {role} id '{stem}' (also {files[stem].name}); keep one of them")
-        files[stem] = path
-    return files
+    return scan_folder(folder, FILE_SUFFIXES, suffix, role).check()
 
 
 def pair_by_stem(image_dir: Path, mask_dir: Path, image_suffix: str = "", mask_suffix: str = ""
@@ -60,39 +50,75 @@ def pair_by_stem(image_dir: Path, mask_dir: Path, image_suffix: str = "", mask_s
     return [(i, images[i], masks[i]) for i in sorted(images)]
 
 
+def _check_rule(rule: str | None) -> None:
+    if rule not in BINARY_RULES:
+        raise DataError(f"binary_rule={rule!r}: unknown rule; choose one of {', '.join(map(repr, BINARY_RULES))}")
+
+
 def apply_binary_rule(mask: np.ndarray, rule: str | None) -> np.ndarray:
-    if rule is None:
-        return mask
-    if rule == "nonzero":
-        return (mask > 0).astype(np.uint8)
-    raise DataError(f"binary_rule={rule!r}: unknown rule; choose one of {', '.join(map(repr, BINARY_RULES))}")
+    _check_rule(rule)
+    return mask if rule is None else (mask > 0).astype(np.uint8)
+
+
+def mask_decoder(mask_reader: Callable[[Path], np.ndarray], binary_rule: str | None, ignore_index: int | None
+                 ) -> Callable[[Path], tuple[np.ndarray, np.ndarray]]:
+    """path -> (mask values as read, class indices after `binary_rule`; `ignore_index` pixels stay ignored)."""
+    _check_rule(binary_rule)
+
+    def decode(path: Path) -> tuple[np.ndarray, np.ndarray]:
+        values = mask_reader(path)
+        if binary_rule is None:
+            return values, values
+        mask = apply_binary_rule(values, binary_rule)
+        ignored = values == ignore_index if ignore_index is not None else None
+        if ignored is not None and ignored.any():
+            mask[ignored] = ignore_index
+        return values, mask
+    return decode
 
 
 def read_pairs(root: Path, pairs: list[tuple[str, Path, Path]], *, class_names: list[str] | None,
                ignore_index: int | None, binary_rule: str | None = None, channels: int | None = None,
                mask_reader=read_index_mask) -> SegmentationSamples:
     """Decode (id, image, mask) pairs into checked SegmentationSamples."""
-    if binary_rule not in BINARY_RULES:
-        raise DataError(f"binary_rule={binary_rule!r}: unknown rule; choose one of "
-                        f"{', '.join(map(repr, BINARY_RULES))}")
+    decode = mask_decoder(mask_reader, binary_rule, ignore_index)
     images = [read_image(image, channels=channels) for _, image, _ in pairs]
     if channels is None:
         images = harmonise_channels(images, [image for _, image, _ in pairs])
-    masks = []
-    for _, _, mask_path in pairs:
-        mask = mask_reader(mask_path)
-        if binary_rule is not None:
-            keep = mask == ignore_index if ignore_index is not None else None
-            mask = apply_binary_rule(mask, binary_rule)
-            if keep is not None and keep.any():
-                mask[keep] = ignore_index
-        masks.append(mask)
+    masks = [decode(mask_path)[1] for _, _, mask_path in pairs]
     if class_names is None:
         class_names = list(BINARY_CLASSES) if binary_rule else infer_class_names(masks, ignore_index)
     meta = {i: {"image": str(image), "mask": str(mask)} for i, image, mask in pairs}
     samples = SegmentationSamples(ids=[i for i, _, _ in pairs], images=images, masks=masks,
                                   class_names=list(class_names), ignore_index=ignore_index, root=root, meta=meta)
     return samples.check()
+
+
+def _class_names(class_names: list[str] | None, num_classes: int | None, binary_rule: str | None
+                 ) -> list[str] | None:
+    """The classes the options name; None: inferred from the mask values."""
+    if class_names is not None:
+        return list(class_names)
+    if num_classes is not None:
+        return list(BINARY_CLASSES) if num_classes == 2 else [f"class_{k}" for k in range(num_classes)]
+    return list(BINARY_CLASSES) if binary_rule else None
+
+
+def folders_layout(root: str | Path, images: str = "images", masks: str = "masks", mask_suffix: str = "",
+                   image_suffix: str = "", binary_rule: str | None = None, class_names: list[str] | None = None,
+                   num_classes: int | None = None, ignore_index: int | None = None,
+                   channels: int | None = None) -> PairLayout:
+    """Where `read_folders` (same options) finds the files of `root` and how it decodes them."""
+    root = Path(root)
+    _check_rule(binary_rule)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder not found; pass the folder that holds {images}/ and {masks}/")
+    return PairLayout(root / images, root / masks, frozenset(FILE_SUFFIXES), partial(read_image, channels=channels),
+                      mask_decoder(read_index_mask, binary_rule, ignore_index),
+                      missing_masks=f"{root / masks}: mask folder not found; add the masks or pass the right folder "
+                                    "name (--set-option masks=NAME)",
+                      class_names=_class_names(class_names, num_classes, binary_rule), ignore_index=ignore_index,
+                      image_suffix=image_suffix, mask_suffix=mask_suffix)
 
 
 def read_folders(root: str | Path, images: str = "images", masks: str = "masks", mask_suffix: str = "",
@@ -107,14 +133,8 @@ def read_folders(root: str | Path, images: str = "images", masks: str = "masks",
     unlabelled pixels (kept as is). channels: force 1 (grey) or 3 (RGB); by default images keep
     their channels (grey files among RGB ones are repeated to RGB).
     """
-    root = Path(root)
-    if binary_rule not in BINARY_RULES:
-        raise DataError(f"binary_rule={binary_rule!r}: unknown rule; choose one of "
-                        f"{', '.join(map(repr, BINARY_RULES))}")
-    if not root.is_dir():
-        raise DataError(f"{root}: data folder not found; pass the folder that holds {images}/ and {masks}/")
-    if class_names is None and num_classes is not None:
-        class_names = list(BINARY_CLASSES) if num_classes == 2 else [f"class_{k}" for k in range(num_classes)]
-    pairs = pair_by_stem(root / images, root / masks, image_suffix, mask_suffix)
-    return read_pairs(root, pairs, class_names=class_names, ignore_index=ignore_index, binary_rule=binary_rule,
-                      channels=channels)
+    layout = folders_layout(root, images, masks, mask_suffix, image_suffix, binary_rule, class_names, num_classes,
+                            ignore_index, channels)
+    pairs = pair_by_stem(layout.image_dir, layout.mask_dir, image_suffix, mask_suffix)
+    return read_pairs(Path(root), pairs, class_names=layout.class_names, ignore_index=ignore_index,
+                      binary_rule=binary_rule, channels=channels)

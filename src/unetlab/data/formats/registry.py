@@ -1,32 +1,26 @@
-"""Dataset formats by name: `read_dataset("camvid", root, split="val")` -> SegmentationSamples."""
+"""Dataset formats by name: the one owner of which formats exist, what options each takes and how a
+format is read (`read_dataset`), read through the decode cache (`cached_read_dataset`) and laid out
+for `unetlab inspect` (`pair_layout`).
+
+    samples = read_dataset("camvid", root, split="val")   # -> SegmentationSamples
+"""
 
 from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
-import numpy as np
-
+from unetlab.data import cache
+from unetlab.data.dataset import ArrayDataset
 from unetlab.data.formats.camvid import read_camvid
-from unetlab.data.formats.folders import read_folders
+from unetlab.data.formats.folders import folders_layout, read_folders
 from unetlab.data.formats.isbi import read_isbi
+from unetlab.data.formats.layout import PairLayout
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.dataset import ArrayDataset
-from unetlab.data.formats.tgs import load_tgs
-from unetlab.errors import ConfigError, DataError
-
-
-def read_tgs(root: str | Path) -> SegmentationSamples:
-    """TGS Salt (`load_tgs`) as SegmentationSamples: grey images, masks {0, 1}, depths in meta."""
-    data = load_tgs(root)
-    meta = {i: ({"depth": data.depths[i]} if i in data.depths else {}) for i in data.ids}
-    return SegmentationSamples(ids=list(data.ids), images=[image for image in data.images],
-                               masks=[mask.astype(np.uint8) for mask in data.masks],
-                               class_names=["background", "salt"], ignore_index=None,
-                               root=Path(root), meta=meta)
-
+from unetlab.data.formats.tgs import load_tgs, read_tgs, tgs_layout
+from unetlab.errors import ConfigError, DataError, UnetlabError
 
 FORMATS: dict[str, Callable[..., SegmentationSamples]] = {
     "tgs": read_tgs,
@@ -36,23 +30,65 @@ FORMATS: dict[str, Callable[..., SegmentationSamples]] = {
     "isbi": read_isbi,
 }
 
+# Formats whose files `unetlab inspect` walks one by one; each takes its reader's options.
+LAYOUTS: dict[str, Callable[..., PairLayout]] = {
+    "tgs": tgs_layout,
+    "folders": folders_layout,
+}
+
 
 def format_options(name: str) -> list[str]:
     """The options a format's reader accepts (besides root)."""
     return [p for p in inspect.signature(FORMATS[name]).parameters if p != "root"]
 
 
-def read_dataset(format: str, root: str | Path, **options) -> SegmentationSamples:
-    """Read `root` with the reader registered as `format`; unknown formats and options are refused by name."""
-    key = format.strip().lower().replace("_", "-")
+def resolve_format(name: str, options: Mapping[str, Any] | None = None, *, field: str = "format",
+                   option_prefix: str = "", error: type[UnetlabError] = DataError) -> tuple[str, dict[str, Any]]:
+    """The registered format `name` means ("TGS", "oxford_pet" -> "tgs", "oxford-pet") and its `options`,
+    checked against the reader's signature.
+
+    An unknown format or option raises `error` naming it (`field` and `option_prefix` say where it was
+    given, e.g. "data.format" and "data.options.") and listing the valid ones.
+    """
+    key = str(name).strip().lower().replace("_", "-")
     if key not in FORMATS:
-        raise DataError(f"format {format!r}: unknown data format; choose one of {', '.join(FORMATS)}")
+        raise error(f"{field} {name!r}: unknown data format; choose one of {', '.join(FORMATS)}")
+    options = dict(options or {})
     accepted = format_options(key)
     unknown = sorted(set(options) - set(accepted))
     if unknown:
-        raise DataError(f"format {key!r}: unknown option(s) {', '.join(unknown)}; accepted: "
-                        f"{', '.join(accepted) or 'none'}")
+        raise error(f"{field} {key!r}: unknown option(s) {', '.join(option_prefix + u for u in unknown)}; "
+                    f"accepted: {', '.join(accepted) or 'none'}")
+    return key, options
+
+
+def read_dataset(format: str, root: str | Path, **options) -> SegmentationSamples:
+    """Read `root` with the reader registered as `format`; unknown formats and options are refused by name."""
+    key, options = resolve_format(format, options)
     return FORMATS[key](root, **options)
+
+
+def _with_defaults(key: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The reader's options with its defaults filled in (`split="train"` and no split are the same read)."""
+    params = inspect.signature(FORMATS[key]).parameters
+    return {name: options.get(name, param.default) for name, param in params.items()
+            if name != "root" and (name in options or param.default is not inspect.Parameter.empty)}
+
+
+def cached_read_dataset(format: str, root: str | Path, cache_dir: str | Path | None = None,
+                        **options) -> SegmentationSamples:
+    """`read_dataset(format, root, **options)`, decoded once and then served from a memory-mapped cache
+    (`unetlab.data.cache`). Same errors as `read_dataset` for unknown formats and options."""
+    key, options = resolve_format(format, options)
+    return cache.cached_read(lambda: read_dataset(key, root, **options), root, key, _with_defaults(key, options),
+                             cache_dir=cache_dir)
+
+
+def pair_layout(format: str, root: str | Path, **options) -> PairLayout | None:
+    """The files of a format that pairs image and mask files (`LAYOUTS`), None for other formats."""
+    key, options = resolve_format(format, options)
+    layout = LAYOUTS.get(key)
+    return None if layout is None else layout(root, **options)
 
 
 def load_arrays(format: str, root: str | Path, options: dict | None = None, cache: bool = True,
@@ -63,14 +99,13 @@ def load_arrays(format: str, root: str | Path, options: dict | None = None, cach
     With `cache`, files are decoded once into a memory-mapped cache (`unetlab.data.cache`) and later
     runs only map it; without, they are decoded every time.
     """
+    key, options = resolve_format(format, options)
     if not cache:
-        if format.strip().lower() == "tgs" and not options and channels == 1 and task == "binary":
+        if key == "tgs" and channels == 1 and task == "binary":
             return load_tgs(root)
-        samples = read_dataset(format, root, **(options or {}))
+        samples = read_dataset(key, root, **options)
     else:
-        from unetlab.data.cache import cached_read_dataset
-
-        samples = cached_read_dataset(format, root, **(options or {}))
+        samples = cached_read_dataset(key, root, **options)
     return samples.to_array_dataset(task, size=size, channels=channels)
 
 

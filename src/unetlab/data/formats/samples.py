@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from unetlab.data.dataset import ArrayDataset
 from unetlab.errors import DataError
 
 BINARY_CLASSES = ["background", "foreground"]
@@ -27,6 +28,7 @@ class SegmentationSamples:
     ignore_index: int | None = None
     root: Path | None = None
     meta: dict[str, dict] = field(default_factory=dict)  # per id: {"image": path, "mask": path, ...}
+    palette: list[tuple[int, int, int]] | None = None  # RGB per class where the format has its own colours
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -68,6 +70,9 @@ class SegmentationSamples:
             raise DataError(f"{self.root}: duplicate id '{dup}'; ids must be unique: rename or remove one")
         if self.num_classes < 1:
             raise DataError(f"{self.root}: no class names; give the classes of the task")
+        if self.palette is not None and len(self.palette) != self.num_classes:
+            raise DataError(f"{self.root}: {len(self.palette)} palette colours for {self.num_classes} classes; "
+                            "a reader gives one colour per class or none")
         n = self.num_classes
         for k, (image, mask) in enumerate(zip(self.images, self.masks)):
             if image.dtype != np.uint8 or image.ndim not in (2, 3):
@@ -92,11 +97,11 @@ class SegmentationSamples:
                                 f"({n} classes: {', '.join(self.class_names[:12])}){hint}")
         return self
 
-    def to_binary_dataset(self, size: int | None = None, channels: int = 1):
+    def to_binary_dataset(self, size: int | None = None, channels: int = 1) -> ArrayDataset:
         """An `ArrayDataset` for the binary task (bool masks = mask > 0); see `to_array_dataset`."""
         return self.to_array_dataset("binary", size, channels)
 
-    def to_array_dataset(self, task: str = "binary", size: int | None = None, channels: int = 1):
+    def to_array_dataset(self, task: str = "binary", size: int | None = None, channels: int = 1) -> ArrayDataset:
         """An `ArrayDataset` of one image size for the trainer and evaluation.
 
         binary: needs 2 classes; masks become bool (mask > 0). multiclass: masks stay uint8 class
@@ -105,8 +110,6 @@ class SegmentationSamples:
         (bilinear; masks nearest) when `size` is given, else refused. `channels` 1 reduces RGB to
         luminance (exactly when the channels are equal); 3 keeps RGB (grey is repeated).
         """
-        from unetlab.data.dataset import ArrayDataset
-
         self.check()
         if task == "binary" and not self.is_binary:
             raise DataError(f"{self.root}: not a binary task ({self.num_classes} classes: "
@@ -142,7 +145,8 @@ class SegmentationSamples:
         valid_all = np.stack(valids)
         return ArrayDataset(ids=list(self.ids), images=np.stack(images), masks=np.stack(masks), depths=depths,
                             root=self.root, valid=None if valid_all.all() else valid_all,
-                            class_names=list(self.class_names))
+                            class_names=list(self.class_names),
+                            palette=None if self.palette is None else list(self.palette))
 
 
 def _resize(array: np.ndarray, size: int, resample: int) -> np.ndarray:

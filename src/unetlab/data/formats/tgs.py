@@ -7,14 +7,20 @@ with three equal channels), masks 8-bit or 16-bit, binarised with `mask > 0`.
 from __future__ import annotations
 
 import csv
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from unetlab.data.dataset import ArrayDataset
-from unetlab.data.io import read_binary_mask, read_grey
+from unetlab.data.formats.layout import PairLayout, scan_folder
+from unetlab.data.formats.samples import SegmentationSamples
+from unetlab.data.io import read_binary_mask, read_grey, read_mask_values
 from unetlab.data.rle import rle_decode
 from unetlab.errors import DataError
+
+CLASS_NAMES = ["background", "salt"]
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
@@ -27,14 +33,8 @@ def _image_dir(root: Path) -> tuple[Path, Path]:
                     f"or {root}/images/); point --data at the data set's top folder")
 
 
-def _list_images(folder: Path) -> dict[str, Path]:
-    files: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in files:
-                raise DataError(f"{path}: duplicate id '{path.stem}' (also {files[path.stem].name}); keep one")
-            files[path.stem] = path
-    return files
+def _list_images(folder: Path, role: str) -> dict[str, Path]:
+    return scan_folder(folder, IMAGE_SUFFIXES, role=role).check()
 
 
 def read_depths(path: Path) -> dict[str, float]:
@@ -61,7 +61,7 @@ def list_pairs(root: str | Path, require_masks: bool = True) -> tuple[list[str],
     if not root.is_dir():
         raise DataError(f"{root}: not a folder; pass the data set's top folder to --data")
     image_dir, mask_dir = _image_dir(root)
-    images = _list_images(image_dir)
+    images = _list_images(image_dir, "image")
     if not images:
         raise DataError(f"{image_dir}: no image files (.png, .jpg, .tif); the folder is empty")
     if not mask_dir.is_dir():
@@ -69,7 +69,7 @@ def list_pairs(root: str | Path, require_masks: bool = True) -> tuple[list[str],
             raise DataError(f"{mask_dir}: masks folder not found; training and evaluation need a mask per image")
         ids = list(images)
         return ids, [images[i] for i in ids], [None] * len(ids)
-    masks = _list_images(mask_dir)
+    masks = _list_images(mask_dir, "mask")
     orphans = sorted(set(masks) - set(images))
     if orphans:
         raise DataError(f"{masks[orphans[0]]}: mask without its image ({image_dir / orphans[0]}.*); "
@@ -120,3 +120,33 @@ def load_tgs(root: str | Path) -> ArrayDataset:
                             f"{image.shape[::-1]}")
     return ArrayDataset(ids=ids, images=np.stack(images), masks=np.stack(masks),
                          depths=read_depths(root / "depths.csv"), root=root)
+
+
+def read_tgs(root: str | Path) -> SegmentationSamples:
+    """TGS Salt (`load_tgs`) as SegmentationSamples: grey images, masks {0, 1}, depths in meta."""
+    data = load_tgs(root)
+    meta = {i: ({"depth": data.depths[i]} if i in data.depths else {}) for i in data.ids}
+    return SegmentationSamples(ids=list(data.ids), images=[image for image in data.images],
+                               masks=[mask.astype(np.uint8) for mask in data.masks],
+                               class_names=list(CLASS_NAMES), ignore_index=None, root=Path(root), meta=meta)
+
+
+def _stored_and_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    values = read_mask_values(path)
+    return values, (values > 0).astype(np.uint8)
+
+
+def _rle_rows(path: Path) -> dict[str, Callable[[tuple[int, int]], np.ndarray]]:
+    return {i: partial(rle_decode, rle) for i, rle in read_rle_csv(path).items()}
+
+
+def tgs_layout(root: str | Path) -> PairLayout:
+    """Where `read_tgs` finds the files of `root` and how it decodes them (for `unetlab inspect`)."""
+    root = Path(root)
+    image_dir, mask_dir = _image_dir(root)
+    csv_path = root / "train.csv"
+    return PairLayout(image_dir, mask_dir, frozenset(IMAGE_SUFFIXES), read_grey, _stored_and_binary,
+                      missing_masks=f"{mask_dir}: masks folder not found (nor {csv_path}); training and evaluation "
+                                    "need a mask per image: add masks/ or train.csv",
+                      class_names=list(CLASS_NAMES), one_size=True, nonzero_is_foreground=True,
+                      mask_table=csv_path, read_table=_rle_rows)

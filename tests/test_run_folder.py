@@ -1,0 +1,185 @@
+"""Tests for unetlab.run_folder: the one owner of a run folder's layout and files."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+import pytest
+import torch
+
+import unetlab.run_folder as run_folder_module
+from unetlab.config import load_config
+from unetlab.errors import UnetlabError
+from unetlab.run_folder import RunFolder
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+# ------------------------------------------------------------------------------ creating and finding
+
+
+def test_create_makes_the_layout_and_refuses_a_non_empty_folder_or_a_file(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    assert (run.path / "checkpoints").is_dir() and (run.path / "figures").is_dir()
+    (tmp_path / "empty").mkdir()
+    assert (RunFolder.create(tmp_path / "empty").path / "checkpoints").is_dir()  # an existing empty folder is fine
+    with pytest.raises(UnetlabError, match="not empty"):
+        RunFolder.create(run.path)
+    assert (run.path / "checkpoints").is_dir()  # nothing of the refused run was touched
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    with pytest.raises(UnetlabError, match="is a file"):
+        RunFolder.create(a_file)
+    assert a_file.read_text() == "x"
+
+
+def test_new_path_never_collides(tmp_path, monkeypatch):
+    class _Frozen(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime(2024, 5, 6, 7, 8, 9)
+
+    monkeypatch.setattr(run_folder_module, "datetime", _Frozen)
+    first = RunFolder.new_path(tmp_path, "demo")
+    assert first == tmp_path / "demo-20240506-070809"
+    first.mkdir()
+    second = RunFolder.new_path(tmp_path, "demo")
+    assert second == tmp_path / "demo-20240506-070809-2"
+    second.mkdir()
+    assert RunFolder.new_path(tmp_path, "demo") == tmp_path / "demo-20240506-070809-3"
+
+
+def test_of_finds_the_run_from_its_folder_or_a_checkpoint(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    best = run.checkpoint_path("best")
+    assert best == tmp_path / "run" / "checkpoints" / "best.pt"
+    assert RunFolder.of(run.path).path == run.path
+    assert RunFolder.of(best).path == run.path  # need not exist yet
+    assert RunFolder.of(tmp_path / "loose" / "model.pt").path == tmp_path / "loose"
+
+
+def test_paths_of_the_layout(tmp_path):
+    run = RunFolder(tmp_path)
+    assert run.config_path == tmp_path / "config.yaml"
+    assert run.split_path == tmp_path / "split.json"
+    assert run.folds_path == tmp_path / "folds.json"
+    assert run.metrics_path == tmp_path / "metrics.csv"
+    assert run.report_path == tmp_path / "report.md"
+    assert run.evaluation_path("best-val") == tmp_path / "evaluation" / "best-val.json"
+    assert run.figure_path("curves.png") == tmp_path / "figures" / "curves.png"
+    assert run.export_path("model.onnx") == tmp_path / "export" / "model.onnx"
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def test_metrics_round_trip_blanks_counters_and_late_columns(tmp_path):
+    run = RunFolder(tmp_path)
+    rows = [{"epoch": 1, "step": 10, "train/loss": 0.5, "val/iou": ""},
+            {"epoch": 2, "step": 20, "train/loss": 0.25, "val/iou": 0.75, "lr": 1e-3}]  # lr appears later
+    assert run.write_metrics(rows) == run.metrics_path
+    assert run.metrics_path.read_text().splitlines()[0] == "epoch,step,train/loss,val/iou,lr"
+    back = run.read_metrics()
+    assert [r["epoch"] for r in back] == [1, 2] and all(type(r["epoch"]) is int for r in back)
+    assert [r["step"] for r in back] == [10, 20] and all(type(r["step"]) is int for r in back)
+    assert back[0]["train/loss"] == 0.5 and back[1]["val/iou"] == 0.75 and back[1]["lr"] == 1e-3
+    assert math.isnan(back[0]["val/iou"]) and math.isnan(back[0]["lr"])  # blank and absent -> NaN
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]  # no temporary left
+
+
+def test_read_metrics_up_to_epoch_cuts_later_rows(tmp_path):
+    run = RunFolder(tmp_path)
+    run.write_metrics([{"epoch": e, "val/iou": e / 10} for e in range(1, 6)])
+    assert [r["epoch"] for r in run.read_metrics(up_to_epoch=3)] == [1, 2, 3]
+    assert run.read_metrics(up_to_epoch=0) == []
+    assert len(run.read_metrics()) == 5
+
+
+def test_read_metrics_missing_file_and_foreign_csv(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    assert run.read_metrics() == []  # a run that has not logged an epoch yet
+    with pytest.raises(UnetlabError, match="no such run folder"):
+        run.read_metrics(strict=True)
+    run.path.mkdir()
+    with pytest.raises(UnetlabError, match=r"metrics\.csv: not found"):
+        run.read_metrics(strict=True)
+    run.metrics_path.write_text("epoch,val/iou\n")
+    assert run.read_metrics() == []
+    with pytest.raises(UnetlabError, match="empty"):
+        run.read_metrics(strict=True)
+    run.metrics_path.write_text("hello;world\n1;2\n")
+    with pytest.raises(UnetlabError, match="no 'epoch' column"):
+        run.read_metrics()
+    run.metrics_path.write_bytes(b"\xff\xfe\x00garbage\x80\n")
+    with pytest.raises(UnetlabError, match="cannot read it"):
+        run.read_metrics()
+
+
+def test_read_metrics_file_reads_a_csv_of_any_name(tmp_path):
+    path = tmp_path / "old-metrics.csv"
+    path.write_text("epoch,val/iou\n1,0.5\n2,\n")
+    rows = RunFolder.read_metrics_file(path, strict=True)
+    assert rows[0] == {"epoch": 1, "val/iou": 0.5} and math.isnan(rows[1]["val/iou"])
+
+
+# ------------------------------------------------------------------------------ config
+
+
+def test_config_round_trip_and_errors_name_the_file(tmp_path):
+    run = RunFolder(tmp_path)
+    with pytest.raises(UnetlabError, match=r"no config\.yaml") as missing:
+        run.read_config()
+    assert str(tmp_path) in str(missing.value)
+    config = load_config(None, ["model.depth=3"])
+    run.write_config(config)
+    assert run.read_config().model.depth == 3
+    assert run.read_config(["model.depth=2"]).model.depth == 2
+    run.config_path.write_text("model: [unclosed\n")
+    with pytest.raises(UnetlabError, match=r"config\.yaml"):
+        run.read_config()
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+
+def test_checkpoint_save_load_round_trip_with_weights_only(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    assert not run.has_checkpoint("best")
+    path = run.save_checkpoint("best", {"model_state": {"w": torch.arange(3.0)}, "epoch": 4, "mean": [0.5]})
+    assert path == run.checkpoint_path("best") and run.has_checkpoint("best")
+    payload = run.load_checkpoint("best")
+    assert payload["epoch"] == 4 and payload["mean"] == [0.5]
+    assert torch.equal(payload["model_state"]["w"], torch.arange(3.0))
+    assert sorted(p.name for p in path.parent.iterdir()) == ["best.pt"]
+    with pytest.raises(UnetlabError, match="not found"):
+        run.load_checkpoint("last")
+    # weights_only: a checkpoint holding a pickled object is refused, its code never runs
+    torch.save({"format": "unetlab-checkpoint-v1", "x": _Evil()}, run.checkpoint_path("last"))
+    with pytest.raises(UnetlabError, match="last.pt"):
+        run.load_checkpoint("last")
+
+
+def test_resolve_checkpoint_from_a_run_or_a_file(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    with pytest.raises(UnetlabError, match="no checkpoints/best.pt"):
+        RunFolder.resolve_checkpoint(run.path)
+    path = run.save_checkpoint("last", {"epoch": 1})
+    assert RunFolder.resolve_checkpoint(run.path, "last") == path
+    assert RunFolder.resolve_checkpoint(path) == path  # a file is taken as it is
+    with pytest.raises(UnetlabError, match="not found"):
+        RunFolder.resolve_checkpoint(tmp_path / "nope")
+
+
+def test_remove_stale_temporaries_in_the_run_folders(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    stale = [run.path / ".metrics.csv.a1.tmp", run.path / "checkpoints" / ".best.pt.b2.tmp",
+             run.path / "figures" / ".curves.png.c3.tmp.png"]
+    for path in stale:
+        path.write_bytes(b"half")
+    kept = run.save_checkpoint("best", {"epoch": 1})
+    assert sorted(run.remove_stale_temporaries()) == sorted(stale)
+    assert kept.is_file() and not any(p.exists() for p in stale)
