@@ -42,7 +42,7 @@ def main() -> int:
         if predictor.task.name != "binary":
             raise UnetlabError(f"{args.run}: a binary run is needed (this one is {predictor.task.name})")
         dataset = load_for_config(predictor.config, args.data)
-        _, val = load_split(f"{args.run}/split.json", dataset.ids)
+        _, val = load_split(RunFolder(args.run).split_path, dataset.ids)
     except UnetlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -45,3 +45,13 @@ def assert_one_line_error(code: int, err: str, *needles: str) -> None:
     assert "Traceback" not in err
     for needle in needles:
         assert needle in lines[0], (needle, lines[0])
+
+
+def assert_choice_refused(code: int, err: str, option: str, value: str, *choices: str) -> None:
+    """typer's own refusal of a value outside an option's choices: exit 2, naming the option, the value and
+    every valid choice (typer's message is boxed over several lines, so it is read as one)."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    text = " ".join(err.replace("│", " ").split())
+    for needle in (f"'{option}'", f"'{value}'", *(f"'{choice}'" for choice in choices)):
+        assert needle in text, (needle, text)

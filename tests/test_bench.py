@@ -107,3 +107,13 @@ def test_naive_dataset_returns_float32_pairs_and_flips():
         np.testing.assert_allclose(image.numpy(), expected[..., ::-1] if flipped else expected)
         seen.add(flipped)
     assert seen == {True, False}
+
+
+def test_bench_models_times_a_named_variant():
+    """`bench models` takes every registered name, U-Net variants included, with options on top."""
+    from unetlab.bench import bench_models
+
+    rows = bench_models({"unet-noskip": {"name": "unet-noskip", "base_width": 4, "depth": 2}}, sizes=(32,),
+                        batch_size=2, steps=1, warmup=0, device="cpu", log=lambda line: None)
+    assert [row["model"] for row in rows] == ["unet-noskip"]
+    assert rows[0]["params"] > 0 and rows[0]["train_images_per_s"] > 0

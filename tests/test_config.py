@@ -363,3 +363,15 @@ def test_min_area_is_binary_only_and_not_negative():
         load_config(None, ["task=multiclass", "model.classes=3", "eval.min_area=20"])
     with pytest.raises(ConfigError, match=r"'eval\.min_area'"):
         load_config(None, ["eval.min_area=-1"])
+
+
+def test_loss_and_model_names_come_from_the_registries():
+    with pytest.raises(ConfigError, match=r"bad value for 'loss\.name': unknown loss preset 'hinge'; choose one of "
+                                          r"bce, dice, bce_dice"):
+        load_config(None, ["loss.name=hinge"])
+    with pytest.raises(ConfigError, match=r"bad value for 'loss\.terms\.0\.name': unknown loss term 'hinge'; "
+                                          r"choose one of bce, ce, dice, focal, lovasz, tversky"):
+        load_config(None, ["loss.terms=[{name: hinge}]"])
+    cfg = load_config(None, ["model.name=unet-strided2"])  # a named variant is a model like any other
+    assert cfg.model.model_extra["downsample"] == "strided" and cfg.model.model_extra["strided_kernel"] == 2
+    assert config_from_dict(yaml.safe_load(cfg.to_yaml())) == cfg

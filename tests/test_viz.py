@@ -252,15 +252,22 @@ def test_label_palette_distinct_deterministic_never_black(num_classes):
     assert len({tuple(c) for c in pal.tolist()}) == num_classes  # distinct
     assert not (pal == 0).all(axis=1).any()  # black is kept for ignored pixels
     np.testing.assert_array_equal(pal, viz.label_palette(num_classes))  # deterministic
-    if num_classes != 11:  # a prefix of the same sequence: class k keeps its colour as C grows
-        np.testing.assert_array_equal(pal, viz.label_palette(400)[:num_classes])
+    # a prefix of the same sequence: class k keeps its colour as C grows; 11 classes are not CamVid's by count
+    np.testing.assert_array_equal(pal, viz.label_palette(400)[:num_classes])
 
 
-def test_label_palette_camvid_uses_segnet_colours_in_camvid_class_order():
-    from unetlab.data.formats.camvid import CAMVID_CLASSES
+def test_label_palette_takes_the_formats_own_colours():
+    from unetlab.data.formats.camvid import CAMVID_CLASSES, CAMVID_COLOURS
 
     assert CAMVID_CLASSES[0] == "Sky" and CAMVID_CLASSES[-1] == "Bicyclist"
-    assert viz.label_palette(11).tolist() == [list(c) for c in CAMVID_SEGNET_COLOURS]
+    assert CAMVID_COLOURS == CAMVID_SEGNET_COLOURS  # the reader owns SegNet's colours, in its class order
+    pal = viz.label_palette(11, CAMVID_COLOURS)
+    assert pal.dtype == np.uint8 and pal.tolist() == [list(c) for c in CAMVID_SEGNET_COLOURS]
+    assert viz.label_palette(11).tolist() != pal.tolist()  # without it: the generic colours
+    with pytest.raises(ValueError, match="one"):
+        viz.label_palette(3, CAMVID_COLOURS)  # not one colour per class
+    with pytest.raises(ValueError, match="0..255"):
+        viz.label_palette(1, [(0, 0, 256)])
     with pytest.raises(ValueError):
         viz.label_palette(0)
     with pytest.raises(TypeError):
@@ -268,7 +275,7 @@ def test_label_palette_camvid_uses_segnet_colours_in_camvid_class_order():
 
 
 def test_colorize_labels_exact_colours_and_ignored_black():
-    pal = viz.label_palette(11)
+    pal = viz.label_palette(11, CAMVID_SEGNET_COLOURS)
     mask = np.array([[0, 1, 2], [10, 11, 3]], dtype=np.uint8)  # 11 = CamVid Unlabelled
     rgb = viz.colorize_labels(mask, pal, ignore_index=11)
     assert rgb.dtype == np.uint8 and rgb.shape == (2, 3, 3)
@@ -300,6 +307,7 @@ def test_save_multiclass_samples_writes_a_png_with_legend(tmp_path):
     truths = [(x // 8 + i) % 12 for i in range(3)]  # includes 11 = ignored
     preds = [(x // 8 + y // 20) % 11 for _ in range(3)]
     out = viz.save_multiclass_samples(tmp_path / "fig" / "camvid.png", images, truths, preds, CAMVID_CLASSES,
+                                      palette=CAMVID_SEGNET_COLOURS,
                                       ignore_index=11, titles=["0001TP_006690  mIoU 0.41", "b", "c"])
     w3, h3 = _check_png(out)
     assert 400 <= w3 <= 1200 and 400 <= h3 <= 1600

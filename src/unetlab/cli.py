@@ -3,21 +3,75 @@
 from __future__ import annotations
 
 import sys
+from enum import Enum
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, Iterable, List, Optional, get_args
 
 import numpy as np
 import typer
 
+from unetlab.config import AugmentConfig, EvalConfig
+from unetlab.data.formats.registry import FORMATS
 from unetlab.errors import ConfigError, UnetlabError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="U-Net semantic segmentation: train, evaluate and predict salt masks (and more).")
+ABOUT = ("U-Net semantic segmentation: train, evaluate and predict masks of image data sets "
+         "(TGS Salt, Oxford-IIIT Pet, CamVid, ISBI or your own image/mask folders).")
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help=ABOUT)
 
 
 @app.callback()
 def _root() -> None:
-    """U-Net semantic segmentation: train, evaluate and predict salt masks (and more)."""
+    """U-Net semantic segmentation: train, evaluate and predict masks of image data sets."""
+
+
+# ---- choices: typer refuses any other value itself (exit code 2) and lists them in --help
+
+class Split(str, Enum):
+    auto = "auto"
+    val = "val"
+    train = "train"
+    all = "all"
+
+
+class Which(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class XAxis(str, Enum):
+    epoch = "epoch"
+    time = "time"
+
+
+class ExportFormat(str, Enum):  # the keys of unetlab.export.FORMATS (tests/cli check they agree)
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+def _choices(name: str, values: Iterable[str]) -> type[Enum]:
+    """A str Enum of choices owned elsewhere (a config Literal, the format registry)."""
+    return Enum(name, {value.replace("-", "_"): value for value in values}, type=str)  # type: ignore[return-value]
+
+
+Tta = _choices("Tta", get_args(EvalConfig.model_fields["tta"].annotation))
+Preset = _choices("Preset", get_args(AugmentConfig.model_fields["preset"].annotation))
+DataFormat = _choices("DataFormat", FORMATS)
+
+# ---- the option block evaluate and predict share
+ThresholdOption = Annotated[Optional[float], typer.Option(
+    "--threshold", help="binary: probability threshold (default: the run's eval.threshold)")]
+TtaOption = Annotated[Optional[Tta], typer.Option(  # type: ignore[valid-type]
+    "--tta", case_sensitive=False, help="test-time augmentation (default: the run's eval.tta)")]
+WhichOption = Annotated[Which, typer.Option("--which", case_sensitive=False, help="which checkpoint to use")]
+MinAreaOption = Annotated[Optional[int], typer.Option(
+    "--min-area", help="binary: predict an image empty when fewer pixels than this pass the threshold "
+    "(default: the run's eval.min_area)")]
+FormatOption = Annotated[DataFormat, typer.Option(  # type: ignore[valid-type]
+    "--format", case_sensitive=False, help="data format (the readers of unetlab.data.formats.registry)")]
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else choice.value
 
 
 def _fail(message: str) -> None:
@@ -31,8 +85,10 @@ def _progress(no_progress: bool) -> bool:
 
 @app.command()
 def train(
-    data: Optional[Path] = typer.Option(None, "--data", help="data folder (TGS layout: train/images, train/masks)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file (see configs/)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder, read as the config's data.format "
+                                        "(default tgs: train/images, train/masks)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file, or the name of a built-in "
+                                          "recipe (unetlab configs lists them)"),
     set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set train.epochs=5"),
     out: Optional[Path] = typer.Option(None, "--out", help="run folder to create (default runs/<name>-<time>)"),
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the best checkpoint on validation"),
@@ -58,30 +114,34 @@ def train(
     api_train(cfg, data_root=data, run_dir=out, progress=_progress(no_progress), evaluate_after=not no_eval)
 
 
+@app.command("configs")
+def configs_command() -> None:
+    """The built-in recipes, each with its one-line description: train with --config NAME from any folder."""
+    from unetlab.recipes import recipe_description, recipe_names
+
+    names = recipe_names()
+    width = max(map(len, names), default=0)
+    for name in names:
+        typer.echo(f"{name:<{width}}  {recipe_description(name)}")
+
+
 @app.command()
 def evaluate(
     run: Path = typer.Argument(..., help="run folder (or a checkpoint file)"),
-    data: Path = typer.Option(..., "--data", help="labelled data folder (TGS layout)"),
-    split: str = typer.Option("auto", "--split", help="val | train | all; auto = the run's validation split "
-                              "when the data holds it, else all"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="probability threshold (default: the run's)"),
-    tta: Optional[str] = typer.Option(None, "--tta", help="none | hflip (default: the run's)"),
-    which: str = typer.Option("best", "--which", help="best | last checkpoint"),
-    min_area: Optional[int] = typer.Option(None, "--min-area", help="binary: predict an image empty when fewer "
-                                           "pixels than this pass the threshold (default: the run's eval.min_area)"),
+    data: Path = typer.Option(..., "--data", help="labelled data folder, read as the run's data.format"),
+    split: Split = typer.Option(Split.auto, "--split", case_sensitive=False, help="auto = the run's validation "
+                                "split when the data holds it, else all"),
+    threshold: ThresholdOption = None,
+    tta: TtaOption = None,
+    which: WhichOption = Which.best,
+    min_area: MinAreaOption = None,
 ) -> None:
     """Score a run on labelled data: metrics, threshold and min-area sweeps, report.md and a prediction figure."""
     from unetlab.api import evaluate as api_evaluate
 
-    if split not in ("auto", "val", "train", "all"):
-        _fail(f"--split {split}: choose auto, val, train or all")
-    if tta not in (None, "none", "hflip"):
-        _fail(f"--tta {tta}: choose none or hflip")
-    if which not in ("best", "last"):
-        _fail(f"--which {which}: choose best or last")
     command = " ".join(["unetlab", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
-    api_evaluate(run, data, split=split, threshold=threshold, tta=tta, which=which, command=command,
-                 min_area=min_area)
+    api_evaluate(run, data, split=split.value, threshold=threshold, tta=_value(tta), which=which.value,
+                 command=command, min_area=min_area)
 
 
 @app.command()
@@ -89,18 +149,15 @@ def predict(
     run: Path = typer.Argument(..., help="run folder (or a checkpoint file)"),
     inputs: List[Path] = typer.Argument(..., help="image files and/or folders of images"),
     out: Path = typer.Option(..., "--out", help="folder for masks/, overlays/ and predictions.csv"),
-    threshold: Optional[float] = typer.Option(None, "--threshold", help="probability threshold (default: the run's)"),
-    tta: Optional[str] = typer.Option(None, "--tta", help="none | hflip (default: the run's)"),
-    which: str = typer.Option("best", "--which", help="best | last checkpoint"),
-    min_area: Optional[int] = typer.Option(None, "--min-area", help="binary: predict an image empty when fewer "
-                                           "pixels than this pass the threshold (default: the run's eval.min_area)"),
+    threshold: ThresholdOption = None,
+    tta: TtaOption = None,
+    which: WhichOption = Which.best,
+    min_area: MinAreaOption = None,
 ) -> None:
-    """Predict salt masks: one mask PNG and one overlay PNG per image, at the image's own size."""
+    """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size."""
     from unetlab.api import predict as api_predict
 
-    if tta not in (None, "none", "hflip"):
-        _fail(f"--tta {tta}: choose none or hflip")
-    api_predict(run, inputs, out, threshold=threshold, tta=tta, which=which, min_area=min_area)
+    api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area)
 
 
 @app.command()
@@ -109,16 +166,15 @@ def plot(
     out: Path = typer.Option(..., "--out", help="PNG file to write"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="comma-separated panels, e.g. loss,val/iou,lr "
                                           "(default: loss, every val/* metric, lr)"),
-    x: str = typer.Option("epoch", "--x", help="epoch | time (minutes since the start of training)"),
+    x: XAxis = typer.Option(XAxis.epoch, "--x", case_sensitive=False, help="time = minutes since the start "
+                            "of training"),
 ) -> None:
     """Learning curves of one or more runs in one PNG: one panel per metric, one line per run."""
     from unetlab.api import plot_runs
 
-    if x not in ("epoch", "time"):
-        _fail(f"--x {x}: choose epoch or time")
     names = [name.strip() for name in metrics.split(",") if name.strip()] if metrics else None
-    path = plot_runs(runs, out, metrics=names or None, x=x)
-    typer.echo(f"wrote {path} ({len(runs)} run{'s' if len(runs) != 1 else ''}, x = {x})")
+    path = plot_runs(runs, out, metrics=names or None, x=x.value)
+    typer.echo(f"wrote {path} ({len(runs)} run{'s' if len(runs) != 1 else ''}, x = {x.value})")
 
 
 @app.command()
@@ -140,8 +196,9 @@ def demo(
 def augment_preview_command(
     data: Path = typer.Argument(..., help="data folder"),
     out: Path = typer.Option(..., "--out", help="PNG file to write"),
-    preset: str = typer.Option("seismic", "--preset", help="seismic | photographic | none"),
-    data_format: str = typer.Option("tgs", "--format", help="data format (see README)"),
+    preset: Preset = typer.Option("seismic", "--preset", case_sensitive=False,  # type: ignore[valid-type]
+                                  help="augmentation preset"),
+    data_format: FormatOption = "tgs",  # type: ignore[assignment]
     count: int = typer.Option(12, "--count", min=1, help="number of augmented pairs"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
@@ -149,19 +206,17 @@ def augment_preview_command(
     from unetlab.data.augment_kornia import PRESETS, augment_preview
     from unetlab.data.formats.registry import read_dataset
 
-    if preset not in PRESETS:
-        _fail(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
-    samples = read_dataset(data_format, data)
+    samples = read_dataset(data_format.value, data)
     chosen = [int(i) for i in np.random.default_rng(seed).choice(len(samples), min(count, len(samples)), replace=False)]
-    augment_preview(out, [samples.images[i] for i in chosen], [samples.masks[i] for i in chosen], PRESETS[preset],
-                    n=len(chosen), seed=seed, ignore_index=samples.ignore_index)
-    typer.echo(f"wrote {out} ({len(chosen)} pairs, preset {preset})")
+    augment_preview(out, [samples.images[i] for i in chosen], [samples.masks[i] for i in chosen],
+                    PRESETS[preset.value], n=len(chosen), seed=seed, ignore_index=samples.ignore_index)
+    typer.echo(f"wrote {out} ({len(chosen)} pairs, preset {preset.value})")
 
 
 @app.command()
 def inspect(
     data: Path = typer.Argument(..., help="data folder"),
-    format_: str = typer.Option("tgs", "--format", help="data format: tgs | folders | oxford-pet | camvid | isbi"),
+    format_: FormatOption = "tgs",  # type: ignore[assignment]
     set_option: List[str] = typer.Option([], "--set-option", help="a reader option, e.g. --set-option binary_rule=nonzero"),
     out: Optional[Path] = typer.Option(None, "--out", help="write samples.png and inspection.json here"),
     classes: Optional[int] = typer.Option(None, "--classes", min=1, help="number of classes: larger mask values are fatal"),
@@ -177,7 +232,7 @@ def inspect(
         if not sep or not key.strip():
             _fail(f"--set-option {item}: expected key=value, e.g. binary_rule=nonzero")
         options[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    report = inspect_dataset(data, format=format_, options=options, num_classes=classes, out_dir=out)
+    report = inspect_dataset(data, format=format_.value, options=options, num_classes=classes, out_dir=out)
     if report.fatal:
         _fail(report.summary())
 
@@ -207,7 +262,8 @@ app.add_typer(bench_app, name="bench")
 def bench_train_command(
     data: Optional[Path] = typer.Option(None, "--data", help="data folder in the config's data.format for the full "
                                         "pipeline and the naive loop (default: synthetic TGS-like images in memory)"),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config for the model (default U-Net-16)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config or built-in recipe name for the "
+                                          "model (default U-Net-16)"),
     set_: List[str] = typer.Option([], "--set", help="override a config key"),
     size: Optional[int] = typer.Option(None, "--size", min=16, help="input side in pixels (default data.input_size)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="default train.batch_size"),
@@ -282,17 +338,15 @@ def models(
 @app.command()
 def export(
     run: Path = typer.Argument(..., help="run folder (or a checkpoint file)"),
-    format_: str = typer.Option("onnx", "--format", help="onnx | torchscript"),
+    format_: ExportFormat = typer.Option(ExportFormat.onnx, "--format", case_sensitive=False, help="export format"),
     out: Optional[Path] = typer.Option(None, "--out", help="output file (default RUN/export/model.<ext>)"),
-    which: str = typer.Option("best", "--which", help="best | last checkpoint"),
+    which: WhichOption = Which.best,
     opset: Optional[int] = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's)"),
 ) -> None:
     """Export the model (dynamic batch and size) and check it against PyTorch on the spot."""
     from unetlab.export import export_run
 
-    if which not in ("best", "last"):
-        _fail(f"--which {which}: choose best or last")
-    export_run(run, format=format_, out=out, which=which, opset=opset)
+    export_run(run, format=format_.value, out=out, which=which.value, opset=opset)
 
 
 def main() -> None:

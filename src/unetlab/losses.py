@@ -581,7 +581,7 @@ def _resolve_class_weights(cfg: LossConfig, task: str, classes: int,
 
 
 def _term_function(name: str, cfg: LossConfig, task: str, class_weights: WeightsOn) -> TermFn:
-    """Build registered term `name` for `task`, handing it the options it declared (and the weights if it reads them)."""
+    """Build registered term `name` for `task` with the options it declared (and the weights if it reads them)."""
     spec = loss_spec(name)
     options = {key: getattr(cfg, key) for key in spec.options if key != "class_weights"}
     weighted = "class_weights" in spec.options

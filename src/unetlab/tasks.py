@@ -1,9 +1,10 @@
 """The task switch (`task: binary | multiclass`) as two small named pieces.
 
 Everything that differs between a one-logit sigmoid task and a C-logit softmax task lives here:
-the activation, how predictions are decoded, the metrics accumulator, the split strata, the keys
-a log line shows and the colours of a figure. The trainer, evaluation and prediction ask the task
-instead of branching on its name.
+the activation, how predictions are decoded, the metrics accumulator, the split strata and the keys
+a log line shows. The task also carries the data's classes: their names and, where the format has
+its own, their colours (`palette`, None = generic colours; `viz.label_palette(n, task.palette)`).
+The trainer, evaluation and prediction ask the task instead of branching on its name.
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ from unetlab.data.dataset import ArrayDataset
 from unetlab.data.splits import coverage_classes, dominant_class_strata
 from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics, drop_small_predictions
 
+Palette = list[tuple[int, int, int]]  # one (r, g, b) per class, as `ArrayDataset.palette`
+
+
+def _checked_palette(palette: Palette | None, class_names: list[str]) -> Palette | None:
+    if palette is None:
+        return None
+    if len(palette) != len(class_names):
+        raise ValueError(f"{len(palette)} palette colours for {len(class_names)} classes; give one per class or none")
+    return [tuple(int(c) for c in rgb) for rgb in palette]  # type: ignore[misc]
+
 
 class BinaryTask:
     """One logit per pixel; probability = sigmoid; foreground where probability > threshold, and none
@@ -26,8 +37,10 @@ class BinaryTask:
     summary_keys = ("val/iou", "val/tgs_map")
     strata_name = "salt coverage"
 
-    def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5, min_area: int = 0):
+    def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5, min_area: int = 0,
+                 palette: Palette | None = None):
         self.class_names = list(class_names or ["background", "salt"])
+        self.palette = _checked_palette(palette, self.class_names)
         self.threshold = threshold
         self.min_area = min_area
 
@@ -59,8 +72,10 @@ class MulticlassTask:
     summary_keys = ("val/miou", "val/pixel_accuracy")
     strata_name = "dominant class"
 
-    def __init__(self, class_names: list[str], threshold: float = 0.5, min_area: int = 0):
+    def __init__(self, class_names: list[str], threshold: float = 0.5, min_area: int = 0,
+                 palette: Palette | None = None):
         self.class_names = list(class_names)
+        self.palette = _checked_palette(palette, self.class_names)
         self.threshold = threshold  # unused: argmax decides (min_area too: the config refuses it here)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -86,8 +101,8 @@ class MulticlassTask:
 TASKS: dict[str, Callable[..., BinaryTask | MulticlassTask]] = {"binary": BinaryTask, "multiclass": MulticlassTask}
 
 
-def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5, min_area: int = 0
-               ) -> BinaryTask | MulticlassTask:
+def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5, min_area: int = 0,
+               palette: Palette | None = None) -> BinaryTask | MulticlassTask:
     if name == "multiclass" and not class_names:
         raise ValueError("task multiclass needs the class names of the data")
-    return TASKS[name](class_names, threshold, min_area)
+    return TASKS[name](class_names, threshold, min_area, palette)

@@ -563,13 +563,8 @@ def save_sample_grid(
 
 # --------------------------------------------------------------------------- label maps (multiclass)
 
-# SegNet's 11-class CamVid colours, by class name; the class order is CAMVID_CLASSES in
-# unetlab.data.formats.camvid (which defines no colours). Unlabelled (11) is black there too.
-_CAMVID_COLOURS = {
-    "Sky": (128, 128, 128), "Building": (128, 0, 0), "Pole": (192, 192, 128), "Road": (128, 64, 128),
-    "Pavement": (60, 40, 222), "Tree": (128, 128, 0), "SignSymbol": (192, 128, 128), "Fence": (64, 64, 128),
-    "Car": (64, 0, 128), "Pedestrian": (64, 64, 0), "Bicyclist": (0, 128, 192),
-}
+# A data set's own class colours come with it (`ArrayDataset.palette`, e.g. SegNet's CamVid colours from
+# unetlab.data.formats.camvid); these functions take them as `palette` and otherwise use generic colours.
 IGNORE_COLOR = (0, 0, 0)  # ignored pixels in label maps; no palette colour is black
 _MAX_PALETTE = (1 << 24) - 1
 
@@ -585,23 +580,27 @@ def _bitmap_palette(indices: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def label_palette(num_classes: int) -> np.ndarray:
-    """uint8 (C, 3): one distinct colour per class, the same every call, never black (black is
-    :data:`IGNORE_COLOR`, for ignored pixels).
+def label_palette(num_classes: int, palette: Sequence[Sequence[int]] | np.ndarray | None = None) -> np.ndarray:
+    """uint8 (C, 3): one colour per class, the same every call.
 
-    11 classes: SegNet's CamVid colours in ``CAMVID_CLASSES`` order (Sky grey, Building dark red,
-    Road purple, Car dark violet, ...). Otherwise the Pascal VOC colour map shifted by one (class k
-    gets VOC's colour for index k + 1, so class 0 is not black): distinct for any C < 2**24.
+    ``palette``: the data set's own colours (one (r, g, b) of 0..255 per class, e.g.
+    ``ArrayDataset.palette``), returned as an array. None: generic colours, distinct for any
+    C < 2**24 and never black (black is :data:`IGNORE_COLOR`, for ignored pixels): the Pascal VOC
+    colour map shifted by one (class k gets VOC's colour for index k + 1, so class 0 is not black);
+    class k keeps its colour as C grows.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
         raise TypeError(f"num_classes must be an int, got {num_classes!r}")
     if not 1 <= int(num_classes) <= _MAX_PALETTE:
         raise ValueError(f"num_classes must be in 1..{_MAX_PALETTE}, got {num_classes}")
-    if int(num_classes) == 11:
-        from unetlab.data.formats.camvid import CAMVID_CLASSES  # lazy: viz stays import-light
-
-        return np.array([_CAMVID_COLOURS[name] for name in CAMVID_CLASSES], dtype=np.uint8)
-    return _bitmap_palette(np.arange(1, int(num_classes) + 1))
+    if palette is None:
+        return _bitmap_palette(np.arange(1, int(num_classes) + 1))
+    pal = np.asarray(palette)
+    if pal.shape != (int(num_classes), 3):
+        raise ValueError(f"palette must hold one (r, g, b) per class, shape ({num_classes}, 3); got {pal.shape}")
+    if pal.dtype.kind not in "ui" or np.any(pal < 0) or np.any(pal > 255):
+        raise ValueError("palette values must be integers in 0..255")
+    return pal.astype(np.uint8)
 
 
 def colorize_labels(mask: np.ndarray, palette: np.ndarray, ignore_index: int | None = None) -> np.ndarray:
@@ -647,9 +646,11 @@ def save_multiclass_samples(
     class_names: Sequence[str],
     ignore_index: int | None = None,
     titles: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | np.ndarray | None = None,
 ) -> Path:
     """One row per sample: image | ground truth | prediction, label maps in :func:`label_palette`
-    colours (ignored pixels black), with a legend of the class colours below.
+    colours (the data set's ``palette`` if given; ignored pixels black), with a legend of the class
+    colours below.
 
     ``images``: grey or RGB; ``truths``/``preds``: class-index maps (H, W) of the image's size (None
     shows a placeholder); ``titles``: optional row labels, left of each row. Label maps are drawn
@@ -665,7 +666,7 @@ def save_multiclass_samples(
     names = [str(n) for n in class_names]
     if not names:
         raise ValueError("class_names: need at least one class")
-    palette = label_palette(len(names))
+    palette = label_palette(len(names), palette)
 
     from matplotlib.patches import Patch
 

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from run_fixtures import TINY, assert_one_line_error, run_cli
+from run_fixtures import TINY, assert_choice_refused, assert_one_line_error, run_cli
 
 SET_TINY = [arg for item in TINY for arg in ("--set", item)]
 
@@ -119,7 +119,12 @@ def test_predict_and_evaluate_bad_inputs(tiny_run, tgs_dir, tmp_path, capsys):
     code, _, err = run_cli(["predict", str(tiny_run), str(broken), "--out", str(tmp_path / "o")], capsys)
     assert_one_line_error(code, err, str(broken))
     code, _, err = run_cli(["evaluate", str(tiny_run), "--data", str(tgs_dir), "--split", "test"], capsys)
-    assert_one_line_error(code, err, "--split")
+    assert_choice_refused(code, err, "--split", "test", "auto", "val", "train", "all")
+    code, _, err = run_cli(["predict", str(tiny_run), str(tgs_dir), "--out", str(tmp_path / "o"), "--tta", "vflip"],
+                           capsys)
+    assert_choice_refused(code, err, "--tta", "vflip", "none", "hflip")
+    code, _, err = run_cli(["evaluate", str(tiny_run), "--data", str(tgs_dir), "--which", "first"], capsys)
+    assert_choice_refused(code, err, "--which", "first", "best", "last")
     fake = tmp_path / "fake.pt"
     fake.write_bytes(b"nope")
     code, _, err = run_cli(["predict", str(fake), str(tgs_dir), "--out", str(tmp_path / "o")], capsys)
@@ -136,10 +141,39 @@ def test_models_lists_every_registered_model(capsys):
 
     code, out, err = run_cli(["models", "--size", "64x64"], capsys)
     assert code == 0, err
+    assert "unet-noskip" in list_models()  # named variants are models of the one name space
     for name in list_models():
         assert name in out
     code, _, err = run_cli(["models", "--size", "64xfoo"], capsys)
     assert_one_line_error(code, err, "--size")
+
+
+def test_models_base_only_and_the_old_variants_flag(capsys, monkeypatch):
+    import unetlab.models.summary as summary
+    from unetlab.models import list_models
+
+    asked = []
+
+    def fake_table(names, **kwargs):
+        asked.append(list(names))
+        return [{"name": n, "params": 1, "gflops": 1.0, "receptive_field": 1, "clipped": False} for n in names]
+
+    monkeypatch.setattr(summary, "model_table", fake_table)
+    for args, expected in ((["--base-only"], list_models(variants=False)), (["--variants"], list_models())):
+        code, out, err = run_cli(["models", *args], capsys)
+        assert code == 0, err
+        assert asked.pop() == expected
+    assert "unet-add" not in list_models(variants=False) and "unet" in list_models(variants=False)
+
+
+def test_bench_models_takes_a_variant_name(capsys, monkeypatch):
+    import unetlab.bench
+
+    seen = {}
+    monkeypatch.setattr(unetlab.bench, "bench_models", lambda specs, **kwargs: seen.update(specs))
+    code, _, err = run_cli(["bench", "models", "--model", "unet-add", "--model", "fcn"], capsys)
+    assert code == 0, err
+    assert seen == {"unet-add": {"name": "unet-add"}, "fcn": {"name": "fcn"}}
 
 
 def test_bench_models_times_a_chosen_model(tmp_path, capsys):
@@ -160,7 +194,28 @@ def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
     assert code == 0, err
     assert target.is_file() and "diff" in out
     code, _, err = run_cli(["export", str(tiny_run), "--format", "tflite", "--out", str(tmp_path / "x")], capsys)
-    assert_one_line_error(code, err, "--format")
+    assert_choice_refused(code, err, "--format", "tflite", "onnx", "torchscript")
+
+
+def test_cli_choices_are_their_owners_choices():
+    from typing import get_args
+
+    from unetlab import cli, export
+    from unetlab.config import AugmentConfig, EvalConfig
+    from unetlab.data.formats.registry import FORMATS
+
+    assert [f.value for f in cli.ExportFormat] == list(export.FORMATS)
+    assert [f.value for f in cli.DataFormat] == list(FORMATS)
+    assert [t.value for t in cli.Tta] == list(get_args(EvalConfig.model_fields["tta"].annotation))
+    assert [p.value for p in cli.Preset] == list(get_args(AugmentConfig.model_fields["preset"].annotation))
+
+
+def test_configs_lists_the_builtin_recipes(capsys):
+    code, out, err = run_cli(["configs"], capsys)
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["case-study", "tgs-salt"]
+    assert all(len(line.split()) > 3 for line in lines)  # each with its description
 
 
 def test_data_download_unknown_name_and_kaggle_missing(tmp_path, capsys, monkeypatch):
@@ -181,4 +236,6 @@ def test_augment_preview_writes_a_grid(tgs_dir, tmp_path, capsys):
     assert code == 0, err
     assert Image.open(out).size[0] > 100 and "preset seismic" in text
     code, _, err = run_cli(["augment-preview", str(tgs_dir), "--out", str(out), "--preset", "wild"], capsys)
-    assert_one_line_error(code, err, "--preset wild")
+    assert_choice_refused(code, err, "--preset", "wild", "seismic", "photographic", "none")
+    code, _, err = run_cli(["augment-preview", str(tgs_dir), "--out", str(out), "--format", "voc"], capsys)
+    assert_choice_refused(code, err, "--format", "voc", "tgs", "folders", "oxford-pet", "camvid", "isbi")

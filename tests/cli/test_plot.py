@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
-from run_fixtures import assert_one_line_error, run_cli
+from run_fixtures import assert_choice_refused, assert_one_line_error, run_cli
 
 from unetlab.errors import UnetlabError
 from unetlab.evaluation import curves
@@ -172,7 +172,7 @@ def test_plot_unknown_metric_lists_the_available_ones(tmp_path, capsys):
 def test_plot_bad_x_and_time_without_time_column(tmp_path, capsys):
     run = _run(tmp_path / "r")
     code, _, err = run_cli(["plot", str(run), "--out", str(tmp_path / "x.png"), "--x", "step"], capsys)
-    assert_one_line_error(code, err, "--x step")
+    assert_choice_refused(code, err, "--x", "step", "epoch", "time")
     old = tmp_path / "old"
     old.mkdir()
     (old / "metrics.csv").write_text("epoch,train/loss,val/loss\n1,0.5,0.6\n")

@@ -278,3 +278,20 @@ def test_the_cache_never_goes_into_the_data_folder(tgs, tmp_path, monkeypatch):
     assert not (tgs / IN_ROOT_NAME).exists()
     assert sorted(p.relative_to(tgs) for p in tgs.rglob("*")) == before
     assert clear_cache(tgs) == 1 and entries(external) == []
+
+
+def test_palette_survives_the_cache(tmp_path, monkeypatch):
+    """`cached_read` knows no format: the registry hands it the read; the format's colours come back on a hit."""
+    rng = np.random.default_rng(1)
+    root = write_folders(tmp_path / "f", {"a": (rng.integers(0, 256, (4, 5, 3), dtype=np.uint8),
+                                                np.array([[0, 1, 2, 3, 4]] * 4, np.uint8))})
+    palette = [(10, 20, 30), (40, 50, 60), (70, 80, 90), (1, 2, 3), (4, 5, 6)]
+
+    def read():
+        samples = registry.read_dataset("folders", root)
+        samples.palette = list(palette)
+        return samples
+    first = cache_mod.cached_read(read, root, "folders", {"images": "images"}, cache_dir=tmp_path / "c")
+    hit = cache_mod.cached_read(lambda: pytest.fail("decoded on a hit"), root, "folders", {"images": "images"},
+                                cache_dir=tmp_path / "c")
+    assert first.palette == hit.palette == palette

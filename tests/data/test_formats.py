@@ -9,12 +9,12 @@ import pytest
 import tifffile
 from PIL import Image
 
-from unetlab.data.formats.camvid import (CAMVID_CLASSES, read_camvid, read_palette_masks, read_rgb_masks,
-                                         rgb_to_index)
+from unetlab.data.formats.camvid import (CAMVID_CLASSES, CAMVID_COLOURS, read_camvid, read_palette_masks,
+                                         read_rgb_masks, rgb_to_index)
 from unetlab.data.formats.folders import read_folders
 from unetlab.data.formats.isbi import read_isbi
 from unetlab.data.formats.oxford_pet import read_oxford_pet
-from unetlab.data.formats.registry import FORMATS, read_dataset
+from unetlab.data.formats.registry import FORMATS, read_dataset, resolve_format
 from unetlab.data.formats.samples import SegmentationSamples
 from unetlab.data.dataset import ArrayDataset
 from unetlab.data.io import read_image, read_index_mask
@@ -259,6 +259,9 @@ def test_camvid_foreign_prefix_and_unlabelled(tmp_path):
     samples = read_camvid(tmp_path)
     assert samples.ids == ["0001TP_006690", "0001TP_006720"]
     assert samples.class_names == CAMVID_CLASSES and samples.ignore_index == 11
+    assert samples.palette == CAMVID_COLOURS and len(CAMVID_COLOURS) == len(CAMVID_CLASSES)  # SegNet's colours
+    assert samples.to_array_dataset("multiclass").palette == CAMVID_COLOURS  # carried to the trainer's data
+    assert read_camvid(tmp_path, split="trainval").palette == CAMVID_COLOURS
     assert samples.mask_values() == list(range(12))
     assert samples.images[0].shape == (6, 8, 3)
     assert samples.meta["0001TP_006690"]["image"] == str(tmp_path / "train" / "0001TP_006690.png")
@@ -430,3 +433,24 @@ def test_registry_reads_every_format(tmp_path, tgs_dir, tgs_info):
         read_dataset("voc", tmp_path)
     with pytest.raises(DataError, match="unknown option.*colour.*accepted: split"):
         read_dataset("camvid", tmp_path / "camvid", colour=1)
+
+
+def test_resolve_format_is_the_one_name_and_option_check():
+    from unetlab.errors import ConfigError
+
+    assert resolve_format(" Oxford_Pet ", {"border": "pet"}) == ("oxford-pet", {"border": "pet"})
+    assert resolve_format("TGS") == ("tgs", {})
+    with pytest.raises(DataError, match=r"format 'voc': unknown data format; choose one of tgs, folders, "):
+        resolve_format("voc")
+    with pytest.raises(ConfigError, match=r"data.format 'isbi': unknown option\(s\) data.options.fg; accepted: "
+                                          r"foreground"):
+        resolve_format("isbi", {"fg": 0}, field="data.format", option_prefix="data.options.", error=ConfigError)
+
+
+def test_layouts_take_their_readers_options():
+    import inspect
+
+    from unetlab.data.formats.registry import LAYOUTS
+
+    for name, layout in LAYOUTS.items():  # inspect walks a format with the options its reader was given
+        assert inspect.signature(layout).parameters.keys() == inspect.signature(FORMATS[name]).parameters.keys()
