@@ -52,7 +52,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -61,9 +61,13 @@ import torch.nn as nn
 from unetlab.config import Config
 from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, train_step
 from unetlab.errors import ConfigError
+from unetlab.files import atomic_write_text
 from unetlab.engine.device import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss, loss_terms
 from unetlab.models import create_model
+
+if TYPE_CHECKING:
+    from unetlab.data.sizing import Sizing
 
 SYNTHETIC = "default, synthetic tensors"
 PIPELINE = "default, full pipeline"
@@ -201,76 +205,102 @@ def _observe(model: nn.Module) -> dict[str, Any]:
     return seen
 
 
-def _build_path(name: str, cfg: Config, dev: torch.device, data: BenchData | None, size: int, batch_size: int,
-                loss_fn: LossFn) -> _Path:
-    """A ready model and optimizer with the step function of one path. Every path's model starts from
-    the same weights (seeded by cfg.seed)."""
-    from unetlab.data.sizing import Sizing
+@dataclass
+class _StepParts:
+    """What a path's step builder works with: the ready model and optimizer, how they run, and the batches."""
+
+    cfg: Config
+    dev: torch.device
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loss_fn: LossFn
+    precision: str
+    fmt: torch.memory_format
+    data: BenchData | None
+    size: int
+    batch_size: int
+
+    @property
+    def clip(self) -> float | None:
+        return self.cfg.optim.grad_clip_norm
+
+    def sizing(self) -> Sizing:
+        from unetlab.data.sizing import Sizing
+
+        return Sizing(self.cfg.data.sizing, self.size)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        assert self.data is not None
+        if getattr(self.model, "input_mean", None) is not None:  # pretrained encoders bring their own statistics
+            return list(self.model.input_mean), list(self.model.input_std)  # type: ignore[arg-type]
+        return self.data.mean, self.data.std
+
+
+def _synthetic_step(p: _StepParts) -> Callable[[], torch.Tensor]:
+    """`train_step` on one fixed batch already on the device: the ceiling of the model itself."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(p.batch_size, p.cfg.model.in_channels, p.size, p.size, generator=generator)
+    x = x.to(p.dev).contiguous(memory_format=p.fmt)
+    y = (torch.rand(p.batch_size, 1, p.size, p.size, generator=generator) > 0.6).float().to(p.dev)
+    return lambda: train_step(p.model, p.optimizer, p.loss_fn, x, y, p.precision, 0.0, None, p.clip)
+
+
+def _pipeline_step(p: _StepParts) -> Callable[[], torch.Tensor]:
+    """The trainer's per-step path: random batch indices, `prepare_batch`, `train_step`, averaging, schedule."""
+    from unetlab.data.augment import build_batch_augment
+    from unetlab.data.tensors import images_to_tensor, masks_to_tensor
+    from unetlab.engine.averaging import build_averaging
+    from unetlab.engine.schedule import build_scheduler
+
+    cfg, data, dev, batch_size = p.cfg, p.data, p.dev, p.batch_size
+    assert data is not None
+    sizing, (mean, std) = p.sizing(), p.mean_std()
+    # As the trainer holds its training split: on the device, already at the input size.
+    train_x = sizing.images(images_to_tensor(data.images, dev))
+    train_y = sizing.masks(masks_to_tensor(data.masks, dev)).to(torch.uint8)
+    train_valid = None if data.valid is None else sizing.masks(masks_to_tensor(data.valid, dev)).to(torch.uint8)
+    augment = build_batch_augment(cfg.augment)
+    scheduler = build_scheduler(cfg, p.optimizer)
+    averaging = build_averaging(cfg.train.averaging, p.model, cfg.train.ema_decay, cfg.train.swa_start)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    state: dict[str, Any] = {"order": None, "at": len(train_x), "step": 0}
+
+    def pipeline_step() -> torch.Tensor:
+        if state["at"] + batch_size > len(train_x):  # a new epoch: a fresh permutation, last partial batch dropped
+            state["order"], state["at"] = torch.randperm(len(train_x), generator=generator).to(dev), 0
+        batch = state["order"][state["at"] : state["at"] + batch_size]
+        state["at"] += batch_size
+        images, masks, valid = prepare_batch(train_x[batch], train_y[batch].float(),
+                                             None if train_valid is None else train_valid[batch], cfg.augment.crop,
+                                             augment, generator, mean, std, p.fmt)
+        loss = train_step(p.model, p.optimizer, p.loss_fn, images, masks, p.precision, 0.0, valid, p.clip)
+        averaging.update_step(state["step"], 0.0)
+        if scheduler.per_step:
+            scheduler.step(0.0)
+        state["step"] += 1
+        return loss
+
+    return pipeline_step
+
+
+def _naive_loader(p: _StepParts) -> torch.utils.data.DataLoader:
+    """A shuffling DataLoader over `NaiveDataset`, which reads numpy arrays already at the input size (uint8, as
+    decoded files would be)."""
     from unetlab.data.tensors import images_to_tensor, masks_to_tensor
 
-    naive = name == NAIVE
-    precision = "fp32" if naive else cfg.train.precision
-    channels_last = not naive and cfg.train.channels_last
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    seed_everything(cfg.seed)
-    model = create_model(cfg.model.name, **cfg.model.options()).to(dev).to(memory_format=fmt)
-    model.train()
-    optimizer = build_optimizer(cfg, model)
-    clip = cfg.optim.grad_clip_norm
-    observed = _observe(model)
-    channels = cfg.model.in_channels
-
-    if name == SYNTHETIC:
-        generator = torch.Generator().manual_seed(0)
-        x = torch.randn(batch_size, channels, size, size, generator=generator).to(dev).contiguous(memory_format=fmt)
-        y = (torch.rand(batch_size, 1, size, size, generator=generator) > 0.6).float().to(dev)
-        return _Path(name, precision, channels_last, model,
-                     lambda: train_step(model, optimizer, loss_fn, x, y, precision, 0.0, None, clip), observed)
-
+    cfg, data, sizing, (mean, std) = p.cfg, p.data, p.sizing(), p.mean_std()
     assert data is not None
-    sizing = Sizing(cfg.data.sizing, size)
-    mean, std = data.mean, data.std
-    if getattr(model, "input_mean", None) is not None:  # pretrained encoders bring their own statistics
-        mean, std = list(model.input_mean), list(model.input_std)  # type: ignore[arg-type]
-    if name == PIPELINE:
-        from unetlab.data.augment import build_batch_augment
-        from unetlab.engine.averaging import build_averaging
-        from unetlab.engine.schedule import build_scheduler
-
-        # As the trainer holds its training split: on the device, already at the input size.
-        train_x = sizing.images(images_to_tensor(data.images, dev))
-        train_y = sizing.masks(masks_to_tensor(data.masks, dev)).to(torch.uint8)
-        train_valid = None if data.valid is None else sizing.masks(masks_to_tensor(data.valid, dev)).to(torch.uint8)
-        augment = build_batch_augment(cfg.augment)
-        scheduler = build_scheduler(cfg, optimizer)
-        averaging = build_averaging(cfg.train.averaging, model, cfg.train.ema_decay, cfg.train.swa_start)
-        generator = torch.Generator().manual_seed(cfg.seed)
-        state: dict[str, Any] = {"order": None, "at": len(train_x), "step": 0}
-
-        def pipeline_step() -> torch.Tensor:
-            if state["at"] + batch_size > len(train_x):  # a new epoch: a fresh permutation, last partial batch dropped
-                state["order"], state["at"] = torch.randperm(len(train_x), generator=generator).to(dev), 0
-            batch = state["order"][state["at"] : state["at"] + batch_size]
-            state["at"] += batch_size
-            images, masks, valid = prepare_batch(train_x[batch], train_y[batch].float(),
-                                                 None if train_valid is None else train_valid[batch], cfg.augment.crop,
-                                                 augment, generator, mean, std, fmt)
-            loss = train_step(model, optimizer, loss_fn, images, masks, precision, 0.0, valid, clip)
-            averaging.update_step(state["step"], 0.0)
-            if scheduler.per_step:
-                scheduler.step(0.0)
-            state["step"] += 1
-            return loss
-
-        return _Path(name, precision, channels_last, model, pipeline_step, observed)
-
-    # The naive loop reads numpy arrays already at the input size (uint8, as decoded files would be).
     images = (sizing.images(images_to_tensor(data.images)) * 255.0).round().to(torch.uint8).numpy()
     masks = sizing.masks(masks_to_tensor(data.masks))[:, 0].to(torch.uint8).numpy()
     valid = None if data.valid is None else sizing.masks(masks_to_tensor(data.valid))[:, 0].numpy() > 0.5
     dataset = NaiveDataset(images, masks, valid, mean, std, vflip=cfg.augment.vflip, seed=cfg.seed)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=0, drop_last=True,
-                                         generator=torch.Generator().manual_seed(cfg.seed))
+    return torch.utils.data.DataLoader(dataset, batch_size=p.batch_size, shuffle=True, num_workers=0,
+                                       drop_last=True, generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def _naive_step(p: _StepParts) -> Callable[[], float]:
+    """A first PyTorch script's step: next DataLoader batch, fp32 forward and backward, `loss.item()`."""
+    loader = _naive_loader(p)
     batches = iter(loader)
 
     def naive_step() -> float:
@@ -280,18 +310,43 @@ def _build_path(name: str, cfg: Config, dev: torch.device, data: BenchData | Non
         except StopIteration:
             batches = iter(loader)
             batch = next(batches)
-        x, y = batch[0].to(dev), batch[1].to(dev)
-        valid = batch[2].to(dev) if len(batch) > 2 else None
-        logits = model(x)
-        loss = loss_fn(logits, y, 0.0, valid)
-        optimizer.zero_grad()
+        x, y = batch[0].to(p.dev), batch[1].to(p.dev)
+        valid = batch[2].to(p.dev) if len(batch) > 2 else None
+        logits = p.model(x)
+        loss = p.loss_fn(logits, y, 0.0, valid)
+        p.optimizer.zero_grad()
         loss.backward()
-        if clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
+        if p.clip is not None:
+            torch.nn.utils.clip_grad_norm_(p.model.parameters(), p.clip)
+        p.optimizer.step()
         return loss.item()
 
-    return _Path(name, precision, channels_last, model, naive_step, observed)
+    return naive_step
+
+
+# One step builder per path name; `_build_path` gives each the same seeded model and optimizer.
+_STEP_BUILDERS: dict[str, Callable[[_StepParts], Callable[[], Any]]] = {
+    SYNTHETIC: _synthetic_step,
+    PIPELINE: _pipeline_step,
+    NAIVE: _naive_step,
+}
+
+
+def _build_path(name: str, cfg: Config, dev: torch.device, data: BenchData | None, size: int, batch_size: int,
+                loss_fn: LossFn) -> _Path:
+    """A ready model and optimizer with the step function of one path. Every path's model starts from
+    the same weights (seeded by cfg.seed)."""
+    naive = name == NAIVE
+    precision = "fp32" if naive else cfg.train.precision
+    channels_last = not naive and cfg.train.channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    seed_everything(cfg.seed)
+    model = create_model(cfg.model.name, **cfg.model.options()).to(dev).to(memory_format=fmt)
+    model.train()
+    optimizer = build_optimizer(cfg, model)
+    observed = _observe(model)  # hooks in place before any step runs
+    parts = _StepParts(cfg, dev, model, optimizer, loss_fn, precision, fmt, data, size, batch_size)
+    return _Path(name, precision, channels_last, model, _STEP_BUILDERS[name](parts), observed)
 
 
 # --------------------------------------------------------------------------- peak memory on the CPU
@@ -400,6 +455,104 @@ def _memory_text(device: torch.device, memory_steps: int, warmup: int) -> str:
             "and allocator slack the steps add (not the weights, the data set or the Python/torch libraries)")
 
 
+def _check_input_size(cfg: Config, bench_set: BenchData, data: str | Path | None, size: int,
+                      batch_size: int) -> None:
+    """Refuse a data set smaller than one batch, or images that the config's sizing does not bring to size x size."""
+    from unetlab.data.sizing import Sizing
+    from unetlab.data.tensors import images_to_tensor
+
+    if len(bench_set) < batch_size:
+        raise ConfigError(f"{data or 'the synthetic data'}: {len(bench_set)} images, fewer than the batch size "
+                          f"{batch_size}; use --batch-size {len(bench_set)} or a larger data set")
+    sized = Sizing(cfg.data.sizing, size).images(images_to_tensor(bench_set.images[:1])).shape[-2:]
+    if tuple(sized) != (size, size):
+        fits = -(-max(sized) // 32) * 32  # the next multiple of 32 that the padded images fit
+        raise ConfigError(f"{data}: images become {sized[0]}x{sized[1]} with data.sizing={cfg.data.sizing}, not the "
+                          f"input size {size}x{size}; use --set data.sizing=resize or --size {fits}")
+
+
+def _warm_up_paths(cfg: Config, dev: torch.device, bench_set: BenchData, size: int, batch_size: int,
+                   loss_fn: LossFn, warmup: int) -> tuple[list[_Path], dict[str, tuple[float, float]]]:
+    """Build every path and run its warm-up steps; on CUDA also the (peak, before) MB those steps add."""
+    paths: list[_Path] = []
+    cuda_memory: dict[str, tuple[float, float]] = {}
+    for name in PATH_NAMES:
+        path = _build_path(name, cfg, dev, None if name == SYNTHETIC else bench_set, size, batch_size, loss_fn)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            before = torch.cuda.memory_allocated(dev)
+            torch.cuda.reset_peak_memory_stats(dev)
+        for _ in range(warmup):
+            loss = path.step()
+        float(loss)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+            cuda_memory[name] = ((torch.cuda.max_memory_allocated(dev) - before) / 2**20, before / 2**20)
+        paths.append(path)
+    return paths, cuda_memory
+
+
+def _timed_rounds(paths: list[_Path], dev: torch.device, rounds: int, steps: int,
+                  batch_size: int) -> dict[str, list[float]]:
+    """Images/s of every path in every round; the paths alternate so that machine noise hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in PATH_NAMES}
+    for _ in range(rounds):
+        for path in paths:
+            if dev.type == "cuda":
+                torch.cuda.synchronize(dev)
+            start = time.perf_counter()
+            for _ in range(steps):
+                loss = path.step()
+            float(loss)  # wait for the device
+            samples[path.name].append(steps * batch_size / (time.perf_counter() - start))
+    return samples
+
+
+def _peak_memory(memory: bool, dev: torch.device, cuda_memory: dict[str, tuple[float, float]], cfg: Config,
+                 bench_set: BenchData, size: int, batch_size: int, memory_steps: int, warmup: int,
+                 log: Callable[[str], None]) -> tuple[dict[str, dict[str, Any]], str | None]:
+    """Per path ``peak_memory_mb`` and ``memory_before_mb`` (None when not measured), and what was measured."""
+    if not memory:
+        return {name: {"peak_memory_mb": None, "memory_before_mb": None} for name in PATH_NAMES}, None
+    if dev.type == "cuda":  # measured during the warm-up steps
+        return ({name: {"peak_memory_mb": peak, "memory_before_mb": before}
+                 for name, (peak, before) in cuda_memory.items()}, _memory_text(dev, memory_steps, warmup))
+    memory_info = _cpu_memory_probes(PATH_NAMES, cfg, bench_set, size, batch_size, memory_steps, log)
+    method = _memory_text(dev, memory_steps, warmup)
+    used = {info.get("method") for info in memory_info.values()} - {None}
+    if used == {"ru_maxrss"}:
+        method += "; measured as the rise of ru_maxrss (no /proc/self/clear_refs here): a lower bound"
+    return memory_info, method
+
+
+def _train_result(cfg: Config, dev: torch.device, bench_set: BenchData, size: int, batch_size: int, steps: int,
+                  rounds: int, warmup: int, paths: list[_Path], samples: dict[str, list[float]],
+                  memory_info: dict[str, dict[str, Any]], method: str | None) -> dict:
+    """The result of `bench_train`, keys in the order `out` has always had them."""
+    from unetlab.models.summary import count_parameters
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    ratios = {name: medians[name] / medians[NAIVE] for name in PATH_NAMES}
+    channels = cfg.model.in_channels
+    return {
+        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}", "device": str(dev),
+        "model": cfg.model.model_dump(), "input": f"{batch_size}x{channels}x{size}x{size}",
+        "loss": "+".join(t.name for t in loss_terms(cfg.loss, cfg.task)), "steps_per_round": steps, "rounds": rounds,
+        "images_per_s": medians, "samples": samples, "speedup": ratios[SYNTHETIC],
+        "speedup_full_pipeline": ratios[PIPELINE],
+        "ratio_to_naive": {SYNTHETIC: ratios[SYNTHETIC], PIPELINE: ratios[PIPELINE]},
+        "peak_memory_mb": {name: memory_info[name]["peak_memory_mb"] for name in PATH_NAMES},
+        "peak_memory_method": method,
+        "optimizer": cfg.optim.name, "parameters": count_parameters(paths[0].model), "batch_size": batch_size,
+        "size": size, "warmup_steps": warmup, "data": bench_set.source,
+        "paths": {path.name: {"precision": path.precision,
+                              "memory_format": "channels_last" if path.channels_last else "NCHW",
+                              "memory_before_mb": memory_info[path.name]["memory_before_mb"],
+                              "observed": path.observed} for path in paths},
+    }
+
+
 def bench_train(config: Config | None = None, size: int | None = None, batch_size: int | None = None,
                 steps: int = 10, rounds: int = 3, warmup: int = 3, device: str | None = None,
                 out: str | Path | None = None, log: Callable[[str], None] = print,
@@ -433,86 +586,19 @@ def bench_train(config: Config | None = None, size: int | None = None, batch_siz
         torch.set_num_threads(cfg.train.num_threads)
     dev = resolve_device(device or cfg.train.device)
     bench_set = bench_data(cfg, data, images=images if data is not None else max(images, batch_size), size=size)
-    if len(bench_set) < batch_size:
-        raise ConfigError(f"{data or 'the synthetic data'}: {len(bench_set)} images, fewer than the batch size "
-                          f"{batch_size}; use --batch-size {len(bench_set)} or a larger data set")
-    from unetlab.data.sizing import Sizing
-    from unetlab.data.tensors import images_to_tensor
-
-    sized = Sizing(cfg.data.sizing, size).images(images_to_tensor(bench_set.images[:1])).shape[-2:]
-    if tuple(sized) != (size, size):
-        fits = -(-max(sized) // 32) * 32  # the next multiple of 32 that the padded images fit
-        raise ConfigError(f"{data}: images become {sized[0]}x{sized[1]} with data.sizing={cfg.data.sizing}, not the "
-                          f"input size {size}x{size}; use --set data.sizing=resize or --size {fits}")
+    _check_input_size(cfg, bench_set, data, size, batch_size)
     loss_fn = build_loss(cfg.loss)
 
-    paths: list[_Path] = []
-    cuda_memory: dict[str, tuple[float, float]] = {}
-    for name in PATH_NAMES:
-        path = _build_path(name, cfg, dev, None if name == SYNTHETIC else bench_set, size, batch_size, loss_fn)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            before = torch.cuda.memory_allocated(dev)
-            torch.cuda.reset_peak_memory_stats(dev)
-        for _ in range(warmup):
-            loss = path.step()
-        float(loss)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-            cuda_memory[name] = ((torch.cuda.max_memory_allocated(dev) - before) / 2**20, before / 2**20)
-        paths.append(path)
-
-    samples: dict[str, list[float]] = {name: [] for name in PATH_NAMES}
-    for _ in range(rounds):
-        for path in paths:
-            if dev.type == "cuda":
-                torch.cuda.synchronize(dev)
-            start = time.perf_counter()
-            for _ in range(steps):
-                loss = path.step()
-            float(loss)  # wait for the device
-            samples[path.name].append(steps * batch_size / (time.perf_counter() - start))
-    medians = {name: statistics.median(values) for name, values in samples.items()}
-    ratios = {name: medians[name] / medians[NAIVE] for name in PATH_NAMES}
-
-    memory_info: dict[str, dict[str, Any]] = {name: {"peak_memory_mb": None, "memory_before_mb": None}
-                                              for name in PATH_NAMES}
-    method = None
-    if memory and dev.type == "cuda":
-        memory_info = {name: {"peak_memory_mb": peak, "memory_before_mb": before}
-                       for name, (peak, before) in cuda_memory.items()}
-        method = _memory_text(dev, memory_steps, warmup)
-    elif memory:
-        memory_info = _cpu_memory_probes(PATH_NAMES, cfg, bench_set, size, batch_size, memory_steps, log)
-        method = _memory_text(dev, memory_steps, warmup)
-        used = {info.get("method") for info in memory_info.values()} - {None}
-        if used == {"ru_maxrss"}:
-            method += "; measured as the rise of ru_maxrss (no /proc/self/clear_refs here): a lower bound"
-
-    from unetlab.models.summary import count_parameters
-
-    channels = cfg.model.in_channels
-    result = {
-        "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}", "device": str(dev),
-        "model": cfg.model.model_dump(), "input": f"{batch_size}x{channels}x{size}x{size}",
-        "loss": "+".join(t.name for t in loss_terms(cfg.loss, cfg.task)), "steps_per_round": steps, "rounds": rounds,
-        "images_per_s": medians, "samples": samples, "speedup": ratios[SYNTHETIC],
-        "speedup_full_pipeline": ratios[PIPELINE],
-        "ratio_to_naive": {SYNTHETIC: ratios[SYNTHETIC], PIPELINE: ratios[PIPELINE]},
-        "peak_memory_mb": {name: memory_info[name]["peak_memory_mb"] for name in PATH_NAMES},
-        "peak_memory_method": method,
-        "optimizer": cfg.optim.name, "parameters": count_parameters(paths[0].model), "batch_size": batch_size,
-        "size": size, "warmup_steps": warmup, "data": bench_set.source,
-        "paths": {path.name: {"precision": path.precision,
-                              "memory_format": "channels_last" if path.channels_last else "NCHW",
-                              "memory_before_mb": memory_info[path.name]["memory_before_mb"],
-                              "observed": path.observed} for path in paths},
-    }
+    paths, cuda_memory = _warm_up_paths(cfg, dev, bench_set, size, batch_size, loss_fn, warmup)
+    samples = _timed_rounds(paths, dev, rounds, steps, batch_size)
+    # After the timed rounds: the CPU probes must never compete with the timing for the cores.
+    memory_info, method = _peak_memory(memory, dev, cuda_memory, cfg, bench_set, size, batch_size, memory_steps,
+                                       warmup, log)
+    result = _train_result(cfg, dev, bench_set, size, batch_size, steps, rounds, warmup, paths, samples, memory_info,
+                           method)
     _log_table(result, log)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=1))
+        atomic_write_text(out, json.dumps(result, indent=1))  # creates the parent folder too
     return result
 
 
@@ -605,8 +691,7 @@ def bench_models(specs: dict[str, dict] | None = None, sizes: tuple[int, ...] = 
             log(f"{label:22s} {size:4d}px  {row['params'] / 1e6:7.2f} M  {gflops:8.2f} GFLOPs  "
                 f"RF {'>=' if clipped else ''}{field:4d}  infer {infer_s:>9s} img/s  train {train_s:>9s} img/s")
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps({"date": date.today().isoformat(), "batch_size": batch_size,
-                                         "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                         "rows": rows}, indent=1))
+        atomic_write_text(out, json.dumps({"date": date.today().isoformat(), "batch_size": batch_size,
+                                           "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                           "rows": rows}, indent=1))
     return rows

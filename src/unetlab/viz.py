@@ -23,6 +23,7 @@ import math
 import os
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -220,7 +221,138 @@ def _wrap_label(label: str, width: int = 22) -> str:
     return "\n".join(line for p in parts for line in textwrap.wrap(p, width) or [""])
 
 
+def _cell_height(image: np.ndarray, cell_w: float) -> float:
+    # photos keep their aspect, within reason
+    return float(np.clip(cell_w * image.shape[0] / image.shape[1], 0.8, 3.0))
+
+
+def _label_margin(labels: Sequence[str], widest: float, empty: float) -> float:
+    """Inches left of the first column for wrapped row labels (`empty` when there are none)."""
+    longest = max((len(line) for lab in labels for line in lab.split("\n")), default=0)
+    return min(0.2 + 0.07 * longest, widest) if longest else empty  # ~0.07 in per 8-pt character
+
+
 # --------------------------------------------------------------------------- figures
+
+
+def _grid_columns(rows: Sequence[Mapping], columns: Sequence[str]) -> list[str]:
+    cols = list(columns)
+    if any(r.get("probability") is not None for r in rows) and "probability" not in cols:
+        cols.append("probability")
+    unknown = [c for c in cols if c not in _GRID_COLUMNS]
+    if unknown:
+        raise ValueError(f"unknown columns {unknown}; choose from {list(_GRID_COLUMNS)}")
+    return cols
+
+
+@dataclass(frozen=True)
+class _GridLayout:
+    """The prediction grid's geometry in inches. Manual, not constrained layout: constrained layout misplaces
+    text outside equal-aspect image axes (row labels and the colour bar got clipped), and fixed cells keep
+    images big for any row count."""
+
+    nrows: int
+    ncols: int
+    cell_w: float
+    cell_h: float
+    gap: float
+    left: float
+    top: float
+    fig_w: float
+    fig_h: float
+    bar_row: int | None  # the colour bar goes beside the first row that has a map, right of the last column
+
+    @property
+    def cell_px(self) -> float:
+        return self.cell_w * DPI
+
+    def cell_box(self, i: int, j: int) -> tuple[float, float, float, float]:
+        """Axes rectangle of row i, column j in figure fractions."""
+        y0 = self.fig_h - self.top - (i + 1) * self.cell_h - i * self.gap
+        x0 = self.left + j * (self.cell_w + self.gap)
+        return (x0 / self.fig_w, y0 / self.fig_h, self.cell_w / self.fig_w, self.cell_h / self.fig_h)
+
+    def bar_x(self) -> float:
+        """Left edge of the colour bar in figure fractions, just right of the last column."""
+        return (self.left + self.ncols * (self.cell_w + self.gap) - self.gap + 0.06) / self.fig_w
+
+
+def _grid_layout(rows: Sequence[Mapping], cols: Sequence[str], labels: Sequence[str], title: str | None) -> _GridLayout:
+    cell_w, gap, bottom = 1.9, 0.06, 0.1
+    cell_h = _cell_height(_as_image(rows[0]["image"]), cell_w)
+    left = _label_margin(labels, 2.5, 0.1)
+    bar_row = next((i for i, r in enumerate(rows) if r.get("probability") is not None), None)
+    right = 0.55 if bar_row is not None and "probability" in cols else 0.1  # room for its ticks
+    top = 0.5 + (0.3 if title else 0.0)  # two-line column titles, then the figure title
+    fig_w = left + len(cols) * cell_w + (len(cols) - 1) * gap + right
+    fig_h = top + len(rows) * cell_h + (len(rows) - 1) * gap + bottom
+    return _GridLayout(len(rows), len(cols), cell_w, cell_h, gap, left, top, fig_w, fig_h, bar_row)
+
+
+@dataclass(frozen=True)
+class _GridRow:
+    """One row of the prediction grid, checked against its image's size."""
+
+    image: np.ndarray
+    truth: np.ndarray | None
+    prediction: np.ndarray | None
+    probability: np.ndarray | None  # as given; checked against the image when drawn
+
+    @classmethod
+    def of(cls, row: Mapping) -> _GridRow:
+        img = _as_image(row["image"])
+        truth, pred = row.get("truth"), row.get("prediction")
+        return cls(img, None if truth is None else _as_mask(truth, img.shape, "truth"),
+                   None if pred is None else _as_mask(pred, img.shape, "prediction"), row.get("probability"))
+
+
+# One drawer per grid column. Each returns the colour-mapped image for the colour bar, or None.
+def _grid_image(ax, row: _GridRow, cell_px: float):
+    _show_image(ax, row.image, cell_px)
+
+
+def _grid_truth(ax, row: _GridRow, cell_px: float):
+    if row.truth is None:
+        _blank(ax, "no ground truth")
+    else:
+        ax.imshow(row.truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+def _grid_prediction(ax, row: _GridRow, cell_px: float):
+    # the predicted area tinted and outlined in red, the truth outlined in green: misses and false alarms at a glance
+    _show_image(ax, row.image, cell_px)
+    if row.prediction is not None:
+        _tint(ax, row.prediction, PRED_COLOR, 0.22)
+        _contour(ax, row.prediction, PRED_COLOR)
+    if row.truth is not None:
+        _contour(ax, row.truth, TRUTH_COLOR)
+    if row.prediction is None:
+        ax.text(0.5, 0.03, "no prediction", ha="center", va="bottom", fontsize=7, color="yellow",
+                transform=ax.transAxes)
+
+
+def _grid_probability(ax, row: _GridRow, cell_px: float):
+    if row.probability is None:
+        _blank(ax, "no probability")
+        return None
+    p = np.asarray(row.probability, dtype=np.float32)
+    if p.shape != row.image.shape[:2]:
+        raise ValueError(f"probability shape {p.shape} does not match image shape {row.image.shape[:2]}")
+    return ax.imshow(p, cmap="viridis", vmin=0.0, vmax=1.0, interpolation=_interp(p.shape, cell_px))
+
+
+_GRID_DRAW = {"image": _grid_image, "truth": _grid_truth, "prediction": _grid_prediction,
+              "probability": _grid_probability}
+_GRID_TITLES = {"image": "image", "truth": "ground truth", "prediction": "prediction (red)\ntruth contour (green)",
+                "probability": "probability"}
+
+
+def _grid_colour_bar(fig: Figure, ax, shown, layout: _GridLayout) -> None:
+    # one small bar beside one row: a full-height bar on a 16-row figure is absurd
+    pos = ax.get_position()
+    cax = fig.add_axes((layout.bar_x(), pos.y0, 0.1 / layout.fig_w, pos.height))
+    cb = fig.colorbar(shown, cax=cax, ticks=[0, 0.5, 1])
+    cb.ax.tick_params(labelsize=7)
 
 
 def save_prediction_grid(
@@ -246,94 +378,27 @@ def save_prediction_grid(
     rows = list(rows)
     if not rows:
         raise ValueError("save_prediction_grid needs at least one row")
-    cols = list(columns)
-    if any(r.get("probability") is not None for r in rows) and "probability" not in cols:
-        cols.append("probability")
-    unknown = [c for c in cols if c not in _GRID_COLUMNS]
-    if unknown:
-        raise ValueError(f"unknown columns {unknown}; choose from {list(_GRID_COLUMNS)}")
-
-    first = _as_image(rows[0]["image"])
-    h, w = first.shape[:2]
-    # Manual layout in inches: constrained layout misplaces text outside equal-aspect image axes
-    # (row labels and the colour bar got clipped), and fixed cells keep images big for any row count.
-    cell_w = 1.9
-    cell_h = float(np.clip(cell_w * h / w, 0.8, 3.0))  # photos keep their aspect, within reason
-    gap = 0.06
+    cols = _grid_columns(rows, columns)
     labels = [_wrap_label(r["label"]) if r.get("label") else "" for r in rows]
-    longest = max((len(line) for lab in labels for line in lab.split("\n")), default=0)
-    left = min(0.2 + 0.07 * longest, 2.5) if longest else 0.1  # ~0.07 in per 8-pt character
-    # the colour bar goes beside the first row that has a map, right of the last column
-    bar_row = next((i for i, r in enumerate(rows) if r.get("probability") is not None), None)
-    right = 0.55 if bar_row is not None and "probability" in cols else 0.1  # room for its ticks
-    top = 0.5 + (0.3 if title else 0.0)  # two-line column titles, then the figure title
-    bottom = 0.1
-    fig_w = left + len(cols) * cell_w + (len(cols) - 1) * gap + right
-    fig_h = top + len(rows) * cell_h + (len(rows) - 1) * gap + bottom
-    fig = Figure(figsize=(fig_w, fig_h))
-    axes = np.empty((len(rows), len(cols)), dtype=object)
-    for i in range(len(rows)):
-        y0 = fig_h - top - (i + 1) * cell_h - i * gap
-        for j in range(len(cols)):
-            x0 = left + j * (cell_w + gap)
-            axes[i, j] = fig.add_axes((x0 / fig_w, y0 / fig_h, cell_w / fig_w, cell_h / fig_h))
-    cell_px = cell_w * DPI
-    titles = {
-        "image": "image",
-        "truth": "ground truth",
-        "prediction": "prediction (red)\ntruth contour (green)",
-        "probability": "probability",
-    }
-
+    layout = _grid_layout(rows, cols, labels, title)
+    fig = Figure(figsize=(layout.fig_w, layout.fig_h))
+    # all axes first, then the drawing: the colour bar's axes come after them
+    axes = [[fig.add_axes(layout.cell_box(i, j)) for j in range(len(cols))] for i in range(len(rows))]
     for i, row in enumerate(rows):
-        img = _as_image(row["image"])
-        truth = row.get("truth")
-        truth = None if truth is None else _as_mask(truth, img.shape, "truth")
-        pred = row.get("prediction")
-        pred = None if pred is None else _as_mask(pred, img.shape, "prediction")
-        prob = row.get("probability")
+        cells = _GridRow.of(row)
         for j, col in enumerate(cols):
-            ax = axes[i, j]
+            ax = axes[i][j]
             _plain(ax)
-            if col == "image":
-                _show_image(ax, img, cell_px)
-            elif col == "truth":
-                if truth is None:
-                    _blank(ax, "no ground truth")
-                else:
-                    ax.imshow(truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            elif col == "prediction":
-                _show_image(ax, img, cell_px)
-                if pred is not None:
-                    _tint(ax, pred, PRED_COLOR, 0.22)
-                    _contour(ax, pred, PRED_COLOR)
-                if truth is not None:
-                    _contour(ax, truth, TRUTH_COLOR)
-                if pred is None:
-                    ax.text(0.5, 0.03, "no prediction", ha="center", va="bottom", fontsize=7, color="yellow",
-                            transform=ax.transAxes)
-            elif col == "probability":
-                if prob is None:
-                    _blank(ax, "no probability")
-                else:
-                    p = np.asarray(prob, dtype=np.float32)
-                    if p.shape != img.shape[:2]:
-                        raise ValueError(f"probability shape {p.shape} does not match image shape {img.shape[:2]}")
-                    im = ax.imshow(p, cmap="viridis", vmin=0.0, vmax=1.0, interpolation=_interp(p.shape, cell_px))
-                    if i == bar_row:
-                        # one small bar beside one row: a full-height bar on a 16-row figure is absurd
-                        x0 = (left + len(cols) * (cell_w + gap) - gap + 0.06) / fig_w
-                        pos = ax.get_position()
-                        cax = fig.add_axes((x0, pos.y0, 0.1 / fig_w, pos.height))
-                        cb = fig.colorbar(im, cax=cax, ticks=[0, 0.5, 1])
-                        cb.ax.tick_params(labelsize=7)
+            shown = _GRID_DRAW[col](ax, cells, layout.cell_px)
+            if shown is not None and i == layout.bar_row:
+                _grid_colour_bar(fig, ax, shown, layout)
             if i == 0:
-                ax.set_title(titles[col], fontsize=9)
+                ax.set_title(_GRID_TITLES[col], fontsize=9)
         if labels[i]:
-            axes[i, 0].text(-0.08 / cell_w, 0.5, labels[i], ha="right", va="center", fontsize=8,
-                            transform=axes[i, 0].transAxes)
+            axes[i][0].text(-0.08 / layout.cell_w, 0.5, labels[i], ha="right", va="center", fontsize=8,
+                            transform=axes[i][0].transAxes)
     if title:
-        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / fig_h, va="top")
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / layout.fig_h, va="top")
     return _save_figure(fig, path)
 
 
@@ -670,17 +735,15 @@ def save_multiclass_samples(
 
     from matplotlib.patches import Patch
 
-    first = _as_image(images[0])
     cell_w = 2.0
-    cell_h = float(np.clip(cell_w * first.shape[0] / first.shape[1], 0.8, 3.0))
+    cell_h = _cell_height(_as_image(images[0]), cell_w)
     entries = [(name, palette[k]) for k, name in enumerate(names)]
     if ignore_index is not None:
         entries.append((f"ignored ({ignore_index})", np.asarray(IGNORE_COLOR)))
     legend_cols = min(len(entries), 4)
     legend_rows = math.ceil(len(entries) / legend_cols)
     labels = [_wrap_label(t) for t in titles] if titles is not None else None
-    longest = max((len(line) for lab in labels or [] for line in lab.split("\n")), default=0)
-    left = min(0.2 + 0.07 * longest, 2.0) if longest else 0.0
+    left = _label_margin(labels or [], 2.0, 0.0)
     fig = Figure(
         figsize=(left + 3 * cell_w + 0.2, len(images) * (cell_h + 0.08) + 0.45 + 0.22 * legend_rows + 0.1),
         layout="constrained",
