@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetlab.data.cache import cached_read_dataset
-from unetlab.data.formats.registry import read_dataset
+from unetlab.data.formats.registry import cached_read_dataset, read_dataset
 from unetlab.errors import UnetlabError
 
 # (folder under --data, format, options)

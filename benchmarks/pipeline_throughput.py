@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from unetlab.config import Config
 from unetlab.data.augment_kornia import PRESETS, build_augmentation
-from unetlab.data.cache import cached_read_dataset
+from unetlab.data.formats.registry import cached_read_dataset
 from unetlab.engine.step import train_step
 from unetlab.losses import build_loss
 from unetlab.models import create_model

@@ -355,7 +355,7 @@ def test_isbi_cells_and_membranes(tmp_path):
     assert cells.images[1].shape == (8, 8)
     membranes = read_isbi(tmp_path, foreground=0)
     np.testing.assert_array_equal(membranes.masks[0], label == 0)
-    data = membranes.to_binary_dataset()
+    data = membranes.to_array_dataset("binary")
     assert isinstance(data, ArrayDataset) and data.images.shape == (4, 8, 8) and data.masks.dtype == bool
 
 
@@ -385,27 +385,27 @@ def samples_of(sizes, values=(0, 1)) -> SegmentationSamples:
                                meta={i: {"mask": f"r/masks/{i}.png"} for i in ids})
 
 
-def test_to_binary_dataset_equal_sizes_and_refusals(tmp_path):
-    data = samples_of([(4, 5)] * 3).to_binary_dataset()
+def test_binary_array_dataset_equal_sizes_and_refusals(tmp_path):
+    data = samples_of([(4, 5)] * 3).to_array_dataset("binary")
     assert data.images.shape == (3, 4, 5) and data.masks.dtype == bool and data.masks[1].all()
     with pytest.raises(DataError, match="sizes differ"):
-        samples_of([(4, 5), (5, 5)]).to_binary_dataset()
+        samples_of([(4, 5), (5, 5)]).to_array_dataset("binary")
     multi = samples_of([(4, 5)])
     multi.class_names = ["a", "b", "c"]
     with pytest.raises(DataError, match="not a binary task"):
-        multi.to_binary_dataset()
+        multi.to_array_dataset("binary")
     ignored = samples_of([(4, 5)] * 2, values=(0, 255))
     ignored.ignore_index = 255
-    kept = ignored.to_binary_dataset()  # ignored pixels become valid == False, not foreground
+    kept = ignored.to_array_dataset("binary")  # ignored pixels become valid == False, not foreground
     assert kept.valid is not None and not kept.valid[1].any() and kept.valid[0].all()
     assert not kept.masks.any()
-    resized = samples_of([(4, 5), (6, 7)]).to_binary_dataset(size=8)
+    resized = samples_of([(4, 5), (6, 7)]).to_array_dataset("binary", size=8)
     assert resized.images.shape == (2, 8, 8) and resized.masks[1].all()
-    rgb = samples_of([(4, 5)]).to_binary_dataset(channels=3)
+    rgb = samples_of([(4, 5)]).to_array_dataset("binary", channels=3)
     assert rgb.images.shape == (1, 4, 5, 3) and rgb.channels == 3
     make_pet(tmp_path)
     with pytest.raises(DataError, match="Abyssinian_34.jpg.*sizes differ"):
-        read_oxford_pet(tmp_path, border="pet").to_binary_dataset()
+        read_oxford_pet(tmp_path, border="pet").to_array_dataset("binary")
 
 
 def test_check_names_the_mask_file():
@@ -424,7 +424,7 @@ def test_registry_reads_every_format(tmp_path, tgs_dir, tgs_info):
     assert set(FORMATS) == {"tgs", "folders", "oxford-pet", "camvid", "isbi"}
     tgs = read_dataset("tgs", tgs_dir)
     assert len(tgs) == tgs_info["n"] and tgs.check() is tgs
-    assert tgs.to_binary_dataset().images.shape == (tgs_info["n"], tgs_info["size"], tgs_info["size"])
+    assert tgs.to_array_dataset("binary").images.shape == (tgs_info["n"], tgs_info["size"], tgs_info["size"])
     make_camvid(tmp_path / "camvid")
     assert len(read_dataset("camvid", tmp_path / "camvid", split="val")) == 1
     make_isbi(tmp_path / "isbi")

@@ -1,5 +1,5 @@
 """Tests for the multi-class and k-fold parts of unetlab.data.splits: dominant-class strata,
-random_split, kfold_splits (against sklearn's StratifiedKFold) and folds.json round trip."""
+an unstratified split (one stratum), kfold_splits (against sklearn's StratifiedKFold) and folds.json round trip."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from unetlab.data.splits import (
     dominant_class_strata,
     kfold_splits,
     load_kfold,
-    random_split,
     save_kfold,
     stratified_split,
 )
@@ -79,7 +78,12 @@ def test_dominant_class_strata_feed_stratified_split():
     assert len(val) == 15 and len(train) == 45
 
 
-# ----------------------------------------------------------------------------- random_split
+# ----------------------------------------------------------------------------- one stratum
+
+
+def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """An unstratified split of range(n): `stratified_split` with a single stratum."""
+    return stratified_split(np.zeros(n, dtype=np.int64), val_fraction, seed)
 
 
 def test_random_split():

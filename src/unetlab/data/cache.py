@@ -80,19 +80,15 @@ def _abs(path: str | Path) -> Path:
 
 
 def external_cache_dir(root: str | Path) -> Path:
-    """The cache folder of `root` outside it: `$UNETLAB_CACHE/data/<hash>` or `~/.cache/unetlab/data/<hash>`."""
-    env = os.environ.get(CACHE_ENV)
-    base = Path(env).expanduser() if env else Path.home() / ".cache" / "unetlab"
-    return base / "data" / _hash(str(_abs(root)), 16)
-
-
-def default_cache_dir(root: str | Path) -> Path:
-    """`$UNETLAB_CACHE/data/<hash of root>` (or `~/.cache/unetlab/data/<hash>`), never inside the data.
+    """The default cache folder of `root`, outside it: `$UNETLAB_CACHE/data/<hash of root>` or
+    `~/.cache/unetlab/data/<hash>`.
 
     A user's data folder is theirs: it may be read-only, shared or under version control, so the
     cache lives beside other caches unless `cache_dir` says otherwise.
     """
-    return external_cache_dir(root)
+    env = os.environ.get(CACHE_ENV)
+    base = Path(env).expanduser() if env else Path.home() / ".cache" / "unetlab"
+    return base / "data" / _hash(str(_abs(root)), 16)
 
 
 def _canonical(value: Any) -> str:
@@ -157,7 +153,7 @@ def cached_read(read: Callable[[], SegmentationSamples], root: str | Path, forma
     """
     root_path = Path(root)
     abs_root = _abs(root)
-    cache = _abs(cache_dir) if cache_dir is not None else default_cache_dir(abs_root)
+    cache = _abs(cache_dir) if cache_dir is not None else external_cache_dir(abs_root)
     scope = "" if _is_inside(cache, abs_root) else str(abs_root)
     slot = f"{format}-" + _hash(_canonical({"format": format, "options": options, "version": CACHE_VERSION,
                                             "scope": scope}), 10)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from rich.table import Table
 
 from unetlab.data.formats.layout import FolderScan, PairLayout
 from unetlab.data.formats.registry import format_options, pair_layout, read_dataset, resolve_format
@@ -547,9 +548,21 @@ def _pct(x: float) -> str:
 
 def print_report(report: InspectionReport, console: Any = None) -> None:
     """Rich tables: overview, sizes and modes, mask values, classes, coverage, problems."""
-    from rich.table import Table
-
     console = _console(console)
+    console.print(_overview_table(report))
+    console.print(_files_table(report))
+    for table in _value_tables(report):
+        console.print(table)
+    console.print(_class_table(report))
+    for table in _coverage_tables(report):
+        console.print(table)
+    if report.problems:
+        console.print(_problems_table(report))
+    else:
+        console.print("no problems found")
+
+
+def _overview_table(report: InspectionReport):
     overview = Table(title=f"{report.root} ({report.format})", show_header=False, title_justify="left")
     overview.add_column("what")
     overview.add_column("value", justify="right")
@@ -562,8 +575,10 @@ def print_report(report: InspectionReport, console: Any = None) -> None:
         rows.append((f"std ({report.channels} ch, [0, 1])", ", ".join(f"{v:.4f}" for v in report.std)))
     for name, value in rows:
         overview.add_row(name, str(value))
-    console.print(overview)
+    return overview
 
+
+def _files_table(report: InspectionReport):
     files = Table(title="Images and masks", title_justify="left")
     files.add_column("image size (WxH)")
     files.add_column("images", justify="right")
@@ -581,8 +596,10 @@ def print_report(report: InspectionReport, console: Any = None) -> None:
         for items in (top, modes, mask_modes):
             cells += [str(items[k][0]), str(items[k][1])] if k < len(items) else ["", ""]
         files.add_row(*cells)
-    console.print(files)
+    return files
 
+
+def _value_tables(report: InspectionReport) -> list:
     values = Table(title="Mask values as stored", title_justify="left")
     values.add_column("value", justify="right")
     values.add_column("pixels", justify="right")
@@ -598,9 +615,10 @@ def print_report(report: InspectionReport, console: Any = None) -> None:
     sets.add_column("masks", justify="right")
     for value_set, count in list(report.mask_value_sets.items())[:8]:
         sets.add_row("{" + value_set.replace(",", ", ") + "}", str(count))
-    console.print(values)
-    console.print(sets)
+    return [values, sets]
 
+
+def _class_table(report: InspectionReport):
     classes = Table(title="Classes (after the format's mapping)", title_justify="left")
     classes.add_column("class", justify="right")
     classes.add_column("name")
@@ -611,36 +629,37 @@ def print_report(report: InspectionReport, console: Any = None) -> None:
             report.class_names[value] if 0 <= value < len(report.class_names) else "(beyond the classes)")
         share = report.class_share.get(value)
         classes.add_row(str(value), name, f"{count:,}", _pct(share) if share is not None else "")
-    console.print(classes)
+    return classes
 
-    if report.coverage_quantiles:
-        coverage = Table(title="Foreground coverage per mask", title_justify="left")
-        coverage.add_column("masks")
-        for q in report.coverage_quantiles:
-            coverage.add_column(q, justify="right")
-        coverage.add_row("all", *[_pct(v) for v in report.coverage_quantiles.values()])
-        if report.coverage_quantiles_nonempty:
-            coverage.add_row("non-empty", *[_pct(v) for v in report.coverage_quantiles_nonempty.values()])
-        console.print(coverage)
-        bins = Table(title="Coverage bins", title_justify="left")
-        for label in report.coverage_bins:
-            bins.add_column(label, justify="right")
-        bins.add_row(*[str(v) for v in report.coverage_bins.values()])
-        console.print(bins)
 
-    if report.problems:
-        problems = Table(title=f"Problems: {len(report.fatal)} fatal, {len(report.warnings)} warning(s)",
-                         title_justify="left")
-        problems.add_column("severity")
-        problems.add_column("problem")
-        ordered = report.fatal + report.warnings
-        for p in ordered[:SHOWN_PROBLEMS]:
-            problems.add_row("[bold red]fatal[/]" if p.severity == "fatal" else "[yellow]warning[/]", p.message)
-        if len(ordered) > SHOWN_PROBLEMS:
-            problems.add_row("", f"... {len(ordered) - SHOWN_PROBLEMS} more (all of them in inspection.json with --out)")
-        console.print(problems)
-    else:
-        console.print("no problems found")
+def _coverage_tables(report: InspectionReport) -> list:
+    if not report.coverage_quantiles:
+        return []
+    coverage = Table(title="Foreground coverage per mask", title_justify="left")
+    coverage.add_column("masks")
+    for q in report.coverage_quantiles:
+        coverage.add_column(q, justify="right")
+    coverage.add_row("all", *[_pct(v) for v in report.coverage_quantiles.values()])
+    if report.coverage_quantiles_nonempty:
+        coverage.add_row("non-empty", *[_pct(v) for v in report.coverage_quantiles_nonempty.values()])
+    bins = Table(title="Coverage bins", title_justify="left")
+    for label in report.coverage_bins:
+        bins.add_column(label, justify="right")
+    bins.add_row(*[str(v) for v in report.coverage_bins.values()])
+    return [coverage, bins]
+
+
+def _problems_table(report: InspectionReport):
+    problems = Table(title=f"Problems: {len(report.fatal)} fatal, {len(report.warnings)} warning(s)",
+                     title_justify="left")
+    problems.add_column("severity")
+    problems.add_column("problem")
+    ordered = report.fatal + report.warnings
+    for p in ordered[:SHOWN_PROBLEMS]:
+        problems.add_row("[bold red]fatal[/]" if p.severity == "fatal" else "[yellow]warning[/]", p.message)
+    if len(ordered) > SHOWN_PROBLEMS:
+        problems.add_row("", f"... {len(ordered) - SHOWN_PROBLEMS} more (all of them in inspection.json with --out)")
+    return problems
 
 
 def _grid_choice(pairs: list, count: int = GRID_SAMPLES) -> list:

@@ -111,15 +111,7 @@ def dominant_class_strata(masks: Iterable[np.ndarray], num_classes: int, ignore_
     return strata
 
 
-# ----------------------------------------------------------------------------- unstratified, k-fold
-
-
-def random_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Unstratified split of range(n): sorted (train, val), len(val) = round(n * val_fraction).
-
-    Same rules and errors as `stratified_split` with a single stratum.
-    """
-    return stratified_split(np.zeros(int(n), dtype=np.int64), val_fraction, seed)
+# ----------------------------------------------------------------------------- k-fold
 
 
 def kfold_splits(strata: Sequence | np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -11,7 +11,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from unetlab.data import cache
+from unetlab.data.cache import cached_read
 from unetlab.data.dataset import ArrayDataset
 from unetlab.data.formats.camvid import read_camvid
 from unetlab.data.formats.folders import folders_layout, read_folders
@@ -80,8 +80,8 @@ def cached_read_dataset(format: str, root: str | Path, cache_dir: str | Path | N
     """`read_dataset(format, root, **options)`, decoded once and then served from a memory-mapped cache
     (`unetlab.data.cache`). Same errors as `read_dataset` for unknown formats and options."""
     key, options = resolve_format(format, options)
-    return cache.cached_read(lambda: read_dataset(key, root, **options), root, key, _with_defaults(key, options),
-                             cache_dir=cache_dir)
+    return cached_read(lambda: read_dataset(key, root, **options), root, key, _with_defaults(key, options),
+                       cache_dir=cache_dir)
 
 
 def pair_layout(format: str, root: str | Path, **options) -> PairLayout | None:

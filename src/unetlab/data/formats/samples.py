@@ -97,10 +97,6 @@ class SegmentationSamples:
                                 f"({n} classes: {', '.join(self.class_names[:12])}){hint}")
         return self
 
-    def to_binary_dataset(self, size: int | None = None, channels: int = 1) -> ArrayDataset:
-        """An `ArrayDataset` for the binary task (bool masks = mask > 0); see `to_array_dataset`."""
-        return self.to_array_dataset("binary", size, channels)
-
     def to_array_dataset(self, task: str = "binary", size: int | None = None, channels: int = 1) -> ArrayDataset:
         """An `ArrayDataset` of one image size for the trainer and evaluation.
 
