@@ -142,3 +142,27 @@ def test_random_crop_keeps_image_and_masks_aligned():
     for k in range(2):  # each crop is a contiguous window of its own image
         top, left = divmod(int(x[k, 0, 0, 0]) - k * 120, 12)
         assert torch.equal(x[k], images[k, :, top : top + 6, left : left + 6])
+
+
+def test_a_format_palette_travels_from_the_data_into_checkpoints_and_predictions(multiclass_dir, tmp_path):
+    import dataclasses
+
+    from unetlab.data.formats.registry import load_for_config
+    from unetlab.inference.predictor import Predictor
+    from unetlab.inference.predict import predict
+
+    cfg = _config("train.epochs=1")
+    colours = [(0, 0, 200), (200, 0, 0), (0, 200, 0)]
+    dataset = dataclasses.replace(load_for_config(cfg, multiclass_dir), palette=colours)
+    result = train(cfg, data_root=multiclass_dir, run_dir=tmp_path / "run", dataset=dataset, progress=False,
+                   log=lambda _: None)
+    assert load_checkpoint(result.run_dir / "checkpoints" / "best.pt")["palette"] == [list(c) for c in colours]
+    predictor = Predictor.load(result.run_dir)
+    assert predictor.task.palette == colours
+    predict(result.run_dir, [multiclass_dir / "images" / "img00.png"], tmp_path / "out", log=lambda _: None)
+    overlay = np.asarray(Image.open(tmp_path / "out" / "overlays" / "img00.png").convert("RGB")).astype(float)
+    labels = np.asarray(Image.open(tmp_path / "out" / "masks" / "img00.png"))
+    grey = np.asarray(Image.open(multiclass_dir / "images" / "img00.png")).astype(float)[..., None]
+    # Each pixel is the image blended with its class's colour from this palette (not the generic colours).
+    expected = grey * 0.55 + np.asarray(colours, float)[labels] * 0.45
+    assert np.abs(overlay - expected).max() <= 1.0

@@ -51,7 +51,7 @@ from unetlab.tasks import build_task
 from unetlab.viz import colorize_labels, label_palette
 
 #: What best.pt keeps of an epoch's payload (last.pt adds the state to resume from).
-BEST_KEYS = ("model_state", "config", "mean", "std", "threshold", "epoch", "class_names", "metrics")
+BEST_KEYS = ("model_state", "config", "mean", "std", "threshold", "epoch", "class_names", "palette", "metrics")
 #: `--set` keys a resumed run may change: they extend it without making it another experiment.
 RESUMABLE_OVERRIDES = ("train.epochs", "train.max_minutes", "train.early_stop_patience", "train.num_threads")
 
@@ -231,7 +231,8 @@ class Trainer:
         if self._dataset is None:
             self._dataset = load_for_config(cfg, cfg.data.root)  # type: ignore[arg-type]
         self.dataset = dataset = self._dataset
-        self.task = build_task(cfg.task, dataset.class_names, cfg.eval.threshold, cfg.eval.min_area)
+        self.task = build_task(cfg.task, dataset.class_names, cfg.eval.threshold, cfg.eval.min_area,
+                               palette=dataset.palette)
         if dataset.channels != cfg.model.in_channels:
             raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the images have {dataset.channels} "
                               f"channel(s); use --set model.in_channels={dataset.channels}")
@@ -468,6 +469,7 @@ class Trainer:
         payload = {"model_state": self.evaluated.state_dict(), "config": self.cfg.to_dict(), "mean": self.mean,
                    "std": self.std, "threshold": self.cfg.eval.threshold, "epoch": self.state.epoch,
                    "class_names": self.task.class_names,
+                   "palette": [list(rgb) for rgb in self.task.palette] if self.task.palette else None,
                    "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
         self.run.save_checkpoint("last", {
             **payload, "optimizer_state": self.optimizer.state_dict(), "scheduler_state": self.scheduler.state_dict(),
@@ -498,7 +500,7 @@ class Trainer:
         truth = data.val_truth[:count].cpu().numpy()
         valid = data.val_truth_valid[:count].cpu().numpy() if data.has_ignore else None  # type: ignore[index]
         raw = data.sizing.restore(x.float(), data.height, data.width)
-        palette = label_palette(len(task.class_names))
+        palette = label_palette(len(task.class_names), task.palette)
         return np.concatenate([prediction_strip(raw[k], truth[k], pred[k], None if valid is None else valid[k],
                                                 palette) for k in range(len(x))], axis=0)
 

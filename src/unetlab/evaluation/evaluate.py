@@ -228,7 +228,7 @@ def _evaluate_multiclass(predictor: Predictor, folder: RunFolder, dataset: Array
     truths = [np.where(dataset.valid[i], dataset.masks[i], 255) if dataset.valid is not None else dataset.masks[i]
               for i in shown]
     save_multiclass_samples(folder.figure_path(f"predictions-{tag}.png"), [dataset.images[i] for i in shown],
-                            truths, labels[: len(shown)], task.class_names, ignore_index=255,
+                            truths, labels[: len(shown)], task.class_names, ignore_index=255, palette=task.palette or dataset.palette,
                             titles=[dataset.ids[i] for i in shown])
     result = {
         "run": str(folder.path), "task": "multiclass", "checkpoint": which, "epoch": predictor.epoch,

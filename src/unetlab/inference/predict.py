@@ -58,7 +58,7 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
     channels = predictor.config.model.in_channels
     multiclass = predictor.task.name == "multiclass"
     class_names = predictor.task.class_names
-    palette = label_palette(len(class_names))
+    palette = label_palette(len(class_names), predictor.task.palette)
     out_dir = Path(out_dir)
     written: list[Path] = []
     rle_rows: list[tuple[str, str]] = []

@@ -81,10 +81,10 @@ class Predictor:
 
     def __init__(self, model: nn.Module, config: Config, mean: Sequence[float], std: Sequence[float],
                  threshold: float, device: torch.device, epoch: int | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, palette: list[tuple[int, int, int]] | None = None):
         self.model = model.to(device).eval()
         self.task = build_task(config.task, class_names or _default_class_names(config), threshold,
-                               config.eval.min_area)
+                               config.eval.min_area, palette)
         self.epoch = epoch
         self.config, self.mean, self.std = config, list(mean), list(std)
         self.threshold, self.device = threshold, device
@@ -106,7 +106,8 @@ class Predictor:
         model = create_model(config.model.name, **options)
         model.load_state_dict(payload["model_state"])
         return cls(model, config, payload["mean"], payload["std"], float(payload["threshold"]),
-                   resolve_device(device), epoch=payload.get("epoch"), class_names=payload.get("class_names"))
+                   resolve_device(device), epoch=payload.get("epoch"), class_names=payload.get("class_names"),
+                   palette=payload.get("palette"))
 
     def _batches(self, images: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
         # Batch images of equal size together, so mixed-size folders still run batched.
