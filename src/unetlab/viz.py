@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import AutoLocator, MaxNLocator
 from PIL import Image
 
 from unetlab.files import atomic_path
@@ -46,6 +46,9 @@ __all__ = [
     "label_palette",
     "colorize_labels",
     "save_multiclass_samples",
+    "save_band_curves",
+    "save_pr_curves",
+    "save_variant_predictions",
 ]
 
 DPI = 100
@@ -773,3 +776,175 @@ def save_multiclass_samples(
     fig.legend(handles=handles, loc="outside lower center", ncols=legend_cols, fontsize=8, frameon=False,
                handlelength=1.2, columnspacing=1.0)
     return _save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------- studies (several variants)
+
+
+def save_band_curves(
+    path: str | os.PathLike,
+    panels: Mapping[str, Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[float] | None]]],
+    xlabel: str = "epoch",
+    title: str | None = None,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """One panel per key of `panels`, each a list of ``(label, x, mean, sd)`` lines: the mean as a line
+    and, when `sd` is given, a band of mean ± sd (e.g. the spread over seeds). Non-finite points are
+    skipped (a band only where both mean and sd are finite). Colours follow the order of the labels,
+    so a variant keeps its colour in every panel. `ylim`: fixed y range of every panel (scores in 0..1)."""
+    names = list(panels)
+    if not names:
+        raise ValueError("save_band_curves needs at least one panel")
+    labels = list(dict.fromkeys(label for lines in panels.values() for label, *_ in lines))
+    fig, axes = _panel_axes(len(names), 4.4, 3.2)
+    for ax, name in zip(axes, names):
+        all_x = []
+        for label, x, mean, sd in panels[name]:
+            xs, ys = np.asarray(x, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+            if xs.shape != ys.shape:
+                raise ValueError(f"{name}/{label}: {xs.size} x values but {ys.size} means")
+            color = f"C{labels.index(label) % 10}"
+            ok = np.isfinite(xs) & np.isfinite(ys)
+            if not ok.any():
+                continue
+            ax.plot(xs[ok], ys[ok], "-", color=color, marker="o" if ok.sum() <= 30 else None, markersize=3,
+                    linewidth=1.4, label=label)
+            if sd is not None:
+                s = np.asarray(sd, dtype=np.float64)
+                band = ok & np.isfinite(s)
+                ax.fill_between(xs[band], (ys - s)[band], (ys + s)[band], color=color, alpha=0.18, linewidth=0)
+            all_x.append(xs[ok])
+        _finish_curve_panel(ax, name, np.concatenate(all_x) if all_x else np.empty(0))
+        ax.set_xlabel(xlabel, fontsize=9)
+        if xlabel != "epoch":
+            ax.xaxis.set_major_locator(AutoLocator())
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return _save_figure(fig, path)
+
+
+def save_pr_curves(
+    path: str | os.PathLike,
+    curves: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+    points: Sequence[tuple[str, float, float]] = (),
+    title: str = "precision-recall (salt pixels)",
+) -> Path:
+    """Precision against recall: ``(label, recall, precision)`` per curve (points in threshold order),
+    and ``(label, recall, precision)`` markers for chosen operating points. NaN points are skipped."""
+    fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for n, (label, recall, precision) in enumerate(curves):
+        r, p = np.asarray(recall, dtype=np.float64), np.asarray(precision, dtype=np.float64)
+        if r.shape != p.shape:
+            raise ValueError(f"{label}: {r.size} recalls but {p.size} precisions")
+        ok = np.isfinite(r) & np.isfinite(p)
+        ax.plot(r[ok], p[ok], "-", color=f"C{n % 10}", marker="o" if ok.sum() <= 30 else None, markersize=2.5,
+                linewidth=1.3, label=label)
+    for n, (label, recall, precision) in enumerate(points):
+        ax.plot([recall], [precision], marker="*", markersize=10, linestyle="none", color=f"C{(n + len(curves)) % 10}",
+                markeredgecolor="0.2", label=label)
+    ax.set_xlim(0.0, 1.02)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    return _save_figure(fig, path)
+
+
+def _variant_cell(ax, image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None, cell_px: float,
+                  palette: np.ndarray | None, ignore_index: int | None) -> None:
+    """One prediction: binary as the image with red prediction and green truth contours, multiclass as colours."""
+    if pred is None:
+        ax.imshow(np.full(image.shape[:2] + (3,), 245, dtype=np.uint8))
+        _blank(ax, "no prediction")
+    elif palette is not None:
+        ax.imshow(colorize_labels(pred, palette, ignore_index), interpolation="nearest")
+    else:
+        _show_image(ax, image, cell_px)
+        mask = _as_mask(pred, image.shape, "prediction")
+        _tint(ax, mask, PRED_COLOR, 0.22)
+        _contour(ax, mask, PRED_COLOR)
+        if truth is not None:
+            _contour(ax, _as_mask(truth, image.shape, "truth"), TRUTH_COLOR)
+
+
+def save_variant_predictions(
+    path: str | os.PathLike,
+    images: Sequence[np.ndarray],
+    truths: Sequence[np.ndarray | None],
+    predictions: Mapping[str, Sequence[np.ndarray | None]],
+    row_labels: Sequence[str] | None = None,
+    title: str | None = None,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | np.ndarray | None = None,
+    ignore_index: int | None = None,
+) -> Path:
+    """The same images predicted by several models side by side: one row per image, columns image |
+    ground truth | one per key of `predictions` (its label as the column title).
+
+    Binary (no `class_names`): masks; the truth column shows the mask, each prediction the image with
+    the predicted area tinted and outlined red and the truth outlined green. Multiclass (`class_names`
+    given): class-index maps in :func:`label_palette` colours, ignored pixels black."""
+    images, truths = list(images), list(truths)
+    if not images:
+        raise ValueError("save_variant_predictions needs at least one image")
+    for label, preds in [("truths", truths), *predictions.items()]:
+        if len(preds) != len(images):
+            raise ValueError(f"{len(images)} images but {len(preds)} {label}")
+    pal = None if class_names is None else label_palette(len(class_names), palette)
+    cols = ["image", "ground truth", *predictions]
+    cell_w = 1.7
+    cell_h = _cell_height(_as_image(images[0]), cell_w)
+    labels = [_wrap_label(t) for t in row_labels] if row_labels is not None else []
+    left = _label_margin(labels, 2.0, 0.1)
+    fig = Figure(figsize=(left + len(cols) * cell_w + 0.2, len(images) * (cell_h + 0.08) + 0.6 + (0.3 if title else 0)),
+                 layout="constrained")
+    axes = fig.subplots(len(images), len(cols), squeeze=False)
+    for i, (image, truth) in enumerate(zip(images, truths)):
+        img = _as_image(image)
+        for j, col in enumerate(cols):
+            ax = axes[i, j]
+            _plain(ax)
+            if j == 0:
+                _show_image(ax, img, cell_w * DPI)
+            elif j == 1:
+                _variant_truth(ax, img, truth, pal, ignore_index)
+            else:
+                _variant_cell(ax, img, truth, predictions[col][i], cell_w * DPI, pal, ignore_index)
+            if i == 0:
+                ax.set_title(textwrap.shorten(str(col), 24, placeholder="…"), fontsize=9)
+        if labels and labels[i]:
+            axes[i, 0].set_ylabel(labels[i], fontsize=8, rotation=0, ha="right", va="center")
+    if pal is not None:
+        _class_legend(fig, [str(n) for n in class_names], pal, ignore_index)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
+def _class_legend(fig: Figure, names: Sequence[str], palette: np.ndarray, ignore_index: int | None) -> None:
+    """The class colours below a figure of label maps (ignored pixels black)."""
+    from matplotlib.patches import Patch
+
+    entries = [(name, palette[k]) for k, name in enumerate(names)]
+    if ignore_index is not None:
+        entries.append((f"ignored ({ignore_index})", np.asarray(IGNORE_COLOR)))
+    handles = [Patch(facecolor=np.asarray(c, dtype=np.float64) / 255.0, edgecolor="0.6", label=name)
+               for name, c in entries]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(entries), 4), fontsize=8, frameon=False,
+               handlelength=1.2, columnspacing=1.0)
+
+
+def _variant_truth(ax, image: np.ndarray, truth: np.ndarray | None, palette: np.ndarray | None,
+                   ignore_index: int | None) -> None:
+    if truth is None:
+        ax.imshow(np.full(image.shape[:2] + (3,), 245, dtype=np.uint8))
+        _blank(ax, "no ground truth")
+    elif palette is not None:
+        ax.imshow(colorize_labels(truth, palette, ignore_index), interpolation="nearest")
+    else:
+        ax.imshow(_as_mask(truth, image.shape, "truth"), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
