@@ -28,6 +28,8 @@ from unetlab.inference.predictor import Predictor
 from unetlab.models import create_model, list_models
 from unetlab.run_folder import RunFolder
 from unetlab.evaluation.curves import plot_runs
+from unetlab.studies import load_study, run_study, study_status
+from unetlab.tuning import tune, tune_report
 
 
 def train(config: Config, data_root: str | Path | None = None, run_dir: str | Path | None = None,
@@ -62,4 +64,5 @@ def resume(run_dir: str | Path, data_root: str | Path | None = None, overrides: 
 
 
 __all__ = ["Callback", "Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
-           "list_models", "load_config", "plot_runs", "predict", "resume", "train"]
+           "list_models", "load_config", "load_study", "plot_runs", "predict", "resume", "run_study", "study_status",
+           "train", "tune", "tune_report"]

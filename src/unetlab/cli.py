@@ -307,6 +307,47 @@ def bench_models_command(
                  skip_gflops=skip_gflops, out=out)
 
 
+@app.command()
+def study(
+    name: str = typer.Argument(..., metavar="STUDY", help="a built-in study (q51-downsampling, q52-skips, q53-fcn, "
+                               "q54-threshold, phases) or a study YAML file"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder of the cells (default: the base "
+                                        "config's data.root)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="study folder (default studies/<name>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage the workers share, e.g. "
+                                          "postgresql+psycopg://user@host/db (default sqlite:///OUT/study.db)"),
+    status: bool = typer.Option(False, "--status", help="show the cells done / running / left, then exit"),
+    report: bool = typer.Option(False, "--report", help="rebuild OUT/report/ from the finished cells, then exit"),
+    max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="stop after running this many cells"),
+    heartbeat: Optional[int] = typer.Option(None, "--heartbeat", min=1, help="seconds between a worker's "
+                                            "heartbeats (default 20); a cell whose worker misses 6 is taken over"),
+) -> None:
+    """Run a study: every variant x seed is a cell (a run folder), trained, then scored on one shared split.
+
+    Start it several times (or on several machines: one --storage, a shared --out): each cell runs once.
+    """
+    from unetlab.api import load_study, run_study, study_status
+    from unetlab.studies import build_study_report
+
+    if status and report:
+        _fail("--status and --report: give one of them")
+    spec = load_study(name)
+    folder = out if out is not None else Path("studies") / spec.name
+    if status:
+        cells = study_status(spec, folder, storage)
+        total = sum(len(labels) for labels in cells.values())
+        typer.echo(f"study {spec.name}: {total} cells ({len(spec.variants)} variants x {len(spec.seeds)} seeds) "
+                   f"in {folder}")
+        for key, labels in cells.items():
+            typer.echo(f"{key:<8} {len(labels):>3}/{total}" + (f": {', '.join(labels)}" if labels else ""))
+        return
+    if report:
+        typer.echo(f"wrote {build_study_report(spec, folder)}")
+        return
+    extra = {"heartbeat_s": heartbeat} if heartbeat is not None else {}
+    run_study(spec, folder, data_root=data, storage=storage, log=typer.echo, max_cells=max_cells, **extra)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     parts = text.lower().split("x")
     try:
@@ -347,6 +388,40 @@ def export(
     from unetlab.export import export_run
 
     export_run(run, format=format_.value, out=out, which=which.value, opset=opset)
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="YAML config with a tune: section, or a built-in recipe; with --report "
+                                  "also a tune folder (one holding tune.db)"),
+    data: Optional[Path] = typer.Option(None, "--data", help="data folder (default: the config's data.root)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="folder for tune.db, trials/, best.yaml and trials.csv "
+                                       "(default tune/<config name>)"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="SQLAlchemy URL that workers share, e.g. "
+                                          "postgresql+psycopg://user@host/db (default sqlite:///OUT/tune.db)"),
+    study_name: Optional[str] = typer.Option(None, "--study-name", help="default: the config's name"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="finished trials of the study, all workers "
+                                         "together (default: tune.trials)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key, e.g. --set tune.trials=40"),
+    report: bool = typer.Option(False, "--report", help="train nothing: write best.yaml, trials.csv and "
+                                "figures/*.png (history, importances, slices) of the study"),
+) -> None:
+    """Search hyper-parameters with Optuna over the config's tune.space; every trial is a run folder.
+
+    More workers: run the same command (same --out, or same --storage) in other processes or on other machines.
+    """
+    from unetlab.api import tune as api_tune, tune_report
+    from unetlab.config import load_config
+
+    if report and config.is_dir():
+        tune_report(config, storage=storage, study_name=study_name)
+        return
+    cfg = load_config(config, set_)
+    folder = out if out is not None else Path("tune") / Path(config).stem
+    if report:
+        tune_report(folder, storage=storage, study_name=study_name or cfg.name)
+        return
+    api_tune(cfg, data, folder, storage=storage, study_name=study_name, trials=trials)
 
 
 def main() -> None:

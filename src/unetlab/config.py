@@ -283,6 +283,143 @@ class EvalConfig(_Section):
                           "its own size) is predicted empty; 0 keeps every prediction")
 
 
+class TuneConfig(_Section):
+    """`unetlab tune CONFIG`: an Optuna search over this config (docs/tuning.md); `unetlab train` ignores it.
+
+    `space` maps a config key to a distribution, one of
+        {float: [low, high]} (optional log: true, or step: 0.05), {int: [low, high]} (optional step: 8,
+        or log: true), {choice: [a, b, c]} (numbers, text, true/false, null).
+    Keys are dotted (`optim.lr`, `loss.terms.1.weight`); nested mappings are read as dotted keys. Each
+    bound and each choice is checked against the rest of the config at load, errors naming tune.space.KEY.
+    """
+
+    metric: Optional[str] = Field(None, description="the metrics.csv column to optimise; null: train.monitor")
+    direction: Optional[Literal["maximize", "minimize"]] = Field(
+        None, description="null: from train.monitor_mode (then metric must be train.monitor)")
+    trials: int = Field(20, ge=1, description="finished (complete or pruned) trials of the study, all workers together")
+    sampler: Literal["tpe", "random"] = Field("tpe", description="TPE (seeded with seed + trial number) or random")
+    pruner: Literal["median", "hyperband", "none"] = Field(
+        "median", description="stop unpromising trials early from the metric of each epoch")
+    startup_trials: int = Field(5, ge=0, description="random trials before TPE models the space; the median "
+                                                     "pruner prunes only after this many trials")
+    warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs a trial runs before it can be pruned")
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="config key -> distribution, e.g. optim.lr: {float: [1.0e-4, 1.0e-2], "
+                                          "log: true}; train.batch_size: {choice: [16, 32]}")
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _dotted_keys(cls, space: Any) -> Any:
+        # {optim: {lr: {float: ...}}} (what `--set tune.space.optim.lr=...` builds) reads as {optim.lr: ...}.
+        if not isinstance(space, dict):
+            return space
+        flat: dict[str, Any] = {}
+        for key, spec in space.items():
+            if isinstance(spec, dict) and spec and not {"float", "int", "choice"} & set(spec):
+                flat.update({f"{key}.{sub}": inner for sub, inner in cls._dotted_keys(spec).items()})
+            else:
+                flat[str(key)] = spec
+        return flat
+
+    @field_validator("space")
+    @classmethod
+    def _distributions(cls, space: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for key, spec in space.items():
+            if "float" in spec:  # PyYAML reads 1e-4 (no dot) as text
+                space[key] = spec = {name: [cls._yaml_float(v) for v in value] if isinstance(value, list)
+                                     else cls._yaml_float(value) for name, value in spec.items()}
+            problem = cls._distribution_problem(spec)
+            if problem:
+                raise ConfigError(f"bad value for 'tune.space.{key}': {problem}; use {{float: [low, high]}} "
+                                  "(log: true | step: S), {int: [low, high]} (step: N | log: true) or {choice: [a, b]}")
+        return space
+
+    @staticmethod
+    def _yaml_float(value: Any) -> Any:
+        try:
+            return float(value) if isinstance(value, str) else value
+        except ValueError:
+            return value
+
+    @staticmethod
+    def _distribution_problem(spec: dict[str, Any]) -> str | None:
+        kinds = [kind for kind in ("float", "int", "choice") if kind in spec]
+        if len(kinds) != 1:
+            return f"{spec!r} names {len(kinds)} of float / int / choice, not one"
+        kind, values = kinds[0], spec[kinds[0]]
+        extra = set(spec) - {kind} - ({"log", "step"} if kind != "choice" else set())
+        if extra:
+            return f"{kind} takes no {', '.join(sorted(extra))}"
+        if kind == "choice":
+            scalar = (str, int, float, bool, type(None))
+            if not isinstance(values, list) or not values or not all(isinstance(v, scalar) for v in values):
+                return "choice needs a list of numbers, texts, true/false or null"
+            return "choice lists a value twice" if len(set(map(repr, values))) < len(values) else None
+        number = int if kind == "int" else (int, float)
+        if not (isinstance(values, list) and len(values) == 2 and all(
+                isinstance(v, number) and not isinstance(v, bool) for v in values)) or values[0] >= values[1]:
+            return f"{kind} needs [low, high] with low < high ({'integers' if kind == 'int' else 'numbers'})"
+        log, step = spec.get("log", False), spec.get("step")
+        if not isinstance(log, bool) or (step is not None and (not isinstance(step, number) or step <= 0)):
+            return "log must be true or false and step a number > 0"
+        if log and values[0] <= 0:
+            return "log needs low > 0"
+        if log and step is not None and (kind == "float" or step != 1):
+            return "log and step do not combine"
+        return None
+
+    def bounds(self, key: str) -> list[Any]:
+        """The values of `space[key]` that are checked at load: both bounds, or every choice."""
+        spec = self.space[key]
+        return list(spec["choice"] if "choice" in spec else spec.get("float", spec.get("int")))
+
+    def objective(self, train: TrainConfig) -> tuple[str, str]:
+        """(metric, direction) of the search: train.monitor and its mode unless set here."""
+        metric = self.metric or train.monitor
+        return metric, self.direction or ("maximize" if train.monitor_mode == "max" else "minimize")
+
+    def apply(self, config: "Config", params: dict[str, Any], source: str = "tune") -> "Config":
+        """`config` with `params` (config key -> value) set and without its tune section: a plain run's config."""
+        data = {key: value for key, value in config.to_dict().items() if key != "tune"}
+        for key, value in params.items():
+            self._set_key(data, key.split("."), value, source)
+        try:
+            return Config.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_format_validation_error(exc, source)) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    @staticmethod
+    def _set_key(data: dict[str, Any], parts: list[str], value: Any, source: str) -> None:
+        """data[a][b][c] = value for parts [a, b, c]; a digit indexes a list (`loss.terms.1.weight`)."""
+        node: Any = data
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[:depth]) or "the config"
+            index: Any = part
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"{source}: '{part}' is no item of {where} ({len(node)} items)")
+                index = int(part)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"{source}: '{where}' is a value, not a section")
+            elif node.get(part) is None and depth < len(parts) - 1:  # unset: let the schema name the key
+                node[part] = [] if parts[depth + 1].isdigit() else {}
+            if depth == len(parts) - 1:
+                node[index] = value
+            else:
+                node = node[index]
+
+    def check(self, config: "Config") -> None:
+        """Refuse a space that names no config key or reaches values the config refuses (at load)."""
+        if self.metric and self.metric != config.train.monitor and self.direction is None:
+            raise ConfigError(f"bad value for 'tune.direction': tune.metric {self.metric} is not train.monitor, "
+                              "so its direction is unknown; set tune.direction: maximize or minimize")
+        for key in self.space:
+            for value in self.bounds(key):
+                self.apply(config, {key: value}, source=f"tune.space.{key}={value!r}")
+
+
 class Config(_Section):
     name: str = "run"
     seed: int = 42
@@ -296,6 +433,7 @@ class Config(_Section):
     augment: AugmentConfig = AugmentConfig()
     train: TrainConfig = TrainConfig()
     eval: EvalConfig = EvalConfig()
+    tune: TuneConfig = TuneConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -316,6 +454,11 @@ class Config(_Section):
         if self.task == "multiclass" and self.eval.min_area:
             raise ConfigError("bad value for 'eval.min_area': it empties small binary predictions; multiclass "
                               "runs take the argmax, set it to 0")
+        return self
+
+    @model_validator(mode="after")
+    def _tune_space_fits(self) -> "Config":
+        self.tune.check(self)
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,107 @@
+"""`studies/runner.py` in this process: a finished cell is never trained again, a changed grid is refused,
+a half-created cell starts afresh, a bad variant stops the study before anything is written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from study_fixtures import write_tiny_study
+from run_fixtures import assert_one_line_error, run_cli
+from unetlab.errors import ConfigError, UnetlabError
+from unetlab.studies import StudyFolder, load_study, run_study, study_status
+
+
+def _quiet(_text: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished(tgs_dir, tmp_path_factory) -> tuple[Path, Path]:
+    """(study file, study folder) of a finished one-cell study (shared: copy it before changing it)."""
+    root = tmp_path_factory.mktemp("runner")
+    study = write_tiny_study(root, {"concat": []}, seeds=[0], epochs=1)
+    status = run_study(study, root / "study", data_root=tgs_dir, log=_quiet, heartbeat_s=1, report=False)
+    assert status == {"done": ["concat/seed-0"], "running": [], "left": []}
+    return study, root / "study"
+
+
+def _copy(finished: tuple[Path, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished[1], tmp_path / "study"))
+
+
+def test_a_finished_cell_is_never_trained_again(finished, tgs_dir, tmp_path):
+    study, _ = finished
+    out = _copy(finished, tmp_path)
+    run = StudyFolder(out).cell_run("concat", 0)
+    metrics = run.metrics_path.read_text()
+    lines: list[str] = []
+    assert run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1)["done"] == ["concat/seed-0"]
+    assert "this worker ran 0 cell(s); done 1, running 0, left 0" in lines
+    assert load_study(out / StudyFolder.SPEC).fingerprint() == StudyFolder(out).read_fingerprint()
+    (out / StudyFolder.STORAGE).unlink()  # a new storage: the cell is queued again, but its folder says finished
+    lines.clear()
+    run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1, report=False)
+    assert "[concat/seed-0] finished earlier: not trained again" in lines
+    assert run.metrics_path.read_text() == metrics
+
+
+def test_a_changed_grid_is_refused_once_cells_finished(finished, tgs_dir, tmp_path, capsys):
+    study, _ = finished
+    out = _copy(finished, tmp_path)
+    changed = write_tiny_study(tmp_path, {"concat": ["optim.lr=0.01"]}, seeds=[0], epochs=1)
+    with pytest.raises(UnetlabError, match=r"study tiny: the grid changed after 1 cell\(s\) finished"):
+        run_study(changed, out, data_root=tgs_dir, log=_quiet)
+    code, _, err = run_cli(["study", str(changed), "--out", str(out), "--status"], capsys)
+    assert_one_line_error(code, err, "the grid changed", "give the study a new name or use another --out folder")
+    # The same change where nothing finished yet (another folder, the storage of the first) is refused too.
+    code, _, err = run_cli(["study", str(changed), "--data", str(tgs_dir), "--out", str(tmp_path / "other"),
+                            "--storage", StudyFolder(out).default_storage()], capsys)
+    assert_one_line_error(code, err, "the grid changed after 1 cell(s) finished (the storage")
+    assert not (tmp_path / "other" / "cells").exists()
+
+
+def test_a_half_created_cell_starts_afresh_and_foreign_files_are_kept(tgs_dir, tmp_path):
+    study = write_tiny_study(tmp_path, {"concat": []}, seeds=[0], epochs=1)
+    folder = StudyFolder(tmp_path / "study")
+    cell = folder.cell_dir("concat", 0)
+    (cell / "checkpoints").mkdir(parents=True)
+    (cell / "config.yaml").write_text("name: killed-before-its-first-checkpoint\n")
+    (cell / "notes.txt").write_text("mine")
+    with pytest.raises(UnetlabError, match="notes.txt, which no run writes; the study will not delete it"):
+        run_study(study, folder.path, data_root=tgs_dir, log=_quiet, heartbeat_s=1)
+    assert (cell / "notes.txt").is_file()
+    (cell / "notes.txt").unlink()
+    lines: list[str] = []
+    run_study(study, folder.path, data_root=tgs_dir, log=lines.append, heartbeat_s=1, report=False)
+    assert any("clearing the half-created cell" in line for line in lines)  # the failed try queued it again
+    assert folder.is_finished("concat", 0)
+    assert study_status(load_study(study), folder.path) == {"done": ["concat/seed-0"], "running": [], "left": []}
+
+
+def test_a_bad_variant_stops_the_study_before_anything_is_written(tgs_dir, tmp_path, capsys):
+    study = write_tiny_study(tmp_path, {"concat": [], "typo": ["model.skp=add"]}, seeds=[0, 1])
+    with pytest.raises(ConfigError, match="study tiny, variant 'typo': unknown config key 'model.skp'"):
+        run_study(study, tmp_path / "study", data_root=tgs_dir, log=_quiet)
+    code, _, err = run_cli(["study", str(study), "--data", str(tgs_dir), "--out", str(tmp_path / "study")], capsys)
+    assert_one_line_error(code, err, "variant 'typo'", "model.skp")
+    assert not (tmp_path / "study").exists()
+
+
+def test_cli_report_and_status_choices(tmp_path, capsys):
+    study = write_tiny_study(tmp_path, {"concat": []}, seeds=[0])
+    code, _, err = run_cli(["study", str(study), "--out", str(tmp_path / "s"), "--report"], capsys)
+    assert_one_line_error(code, err, "no finished cell yet")
+    code, _, err = run_cli(["study", str(study), "--status", "--report"], capsys)
+    assert_one_line_error(code, err, "--status and --report")
+    code, out, _ = run_cli(["study", str(study), "--out", str(tmp_path / "s"), "--status"], capsys)
+    assert code == 0 and "left       1/1: concat/seed-0" in out and not (tmp_path / "s").exists()
+
+
+def test_the_python_api_exports_studies():
+    import unetlab.api as api
+
+    assert {"run_study", "study_status", "load_study"} <= set(api.__all__)
+    assert api.load_study("q52-skips").baseline == "concat"
