@@ -9,10 +9,12 @@ matplotlib, ONNX export); `atomic_write_bytes` / `atomic_write_text` serve in-me
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 #: Temporary files are hidden and end in this suffix; `remove_stale_temporaries` finds them by it.
 TEMP_SUFFIX = ".tmp"
@@ -56,3 +58,16 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], first: Sequence[str] = ()) -> str:
+    """CSV text of dict rows: the `first` columns, then every other key in order of first appearance
+    (a row without a key leaves its cell blank)."""
+    columns = list(first)
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()

@@ -19,7 +19,6 @@ these files; every write goes through `unetlab.files` (temporary name, then rena
 from __future__ import annotations
 
 import csv
-import io
 import math
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.errors import UnetlabError
-from unetlab.files import atomic_write_text, remove_stale_temporaries
+from unetlab.files import atomic_write_text, csv_text, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from unetlab.config import Config
@@ -181,14 +180,7 @@ class RunFolder:
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> Path:
         """metrics.csv: one row per epoch, columns in order of first appearance, rewritten atomically."""
-        columns: list[str] = []
-        for row in rows:
-            columns += [key for key in row if key not in columns]
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-        return atomic_write_text(self.metrics_path, buffer.getvalue())
+        return atomic_write_text(self.metrics_path, csv_text(rows))
 
     def read_metrics(self, up_to_epoch: float = math.inf, strict: bool = False) -> list[dict[str, float]]:
         """Rows of metrics.csv as floats (blank = NaN; epoch and step as int), epochs 1..up_to_epoch.

@@ -26,8 +26,6 @@ the 2.5 and 97.5 percentiles of those averages (percentile method, numpy's defau
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,7 +38,7 @@ import torch
 from unetlab.data.formats.registry import load_for_config
 from unetlab.errors import UnetlabError
 from unetlab.evaluation.evaluate import figure_indices
-from unetlab.files import atomic_write_text
+from unetlab.files import atomic_write_text, csv_text
 from unetlab.inference.predictor import Predictor
 from unetlab.metrics import image_iou, micro_scores, multiclass_scores, tgs_image_scores
 from unetlab.models import create_model
@@ -481,17 +479,6 @@ def _comparison_lines(summary: dict[str, Any]) -> list[str]:
                     "spread over images, not over seeds, and with few images it is too narrow.", ""]
 
 
-def _cells_csv(records: Sequence[dict[str, Any]]) -> str:
-    columns: list[str] = ["variant", "seed"]
-    for record in records:
-        columns += [key for key in record if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(records)
-    return buffer.getvalue()
-
-
 def _plain_json(value: Any) -> Any:
     """JSON-safe: NaN and infinities as null, numpy scalars and arrays as Python values."""
     if isinstance(value, dict):
@@ -576,7 +563,7 @@ def build_report(spec: Any, study: Any) -> Path:
         analysis, threshold_lines = threshold_analysis([c.evaluation for c in base], report_dir,
                                                        summary["baseline"], [c.seed for c in base])
         summary["threshold_analysis"] = analysis
-    atomic_write_text(report_dir / "cells.csv", _cells_csv(records))
+    atomic_write_text(report_dir / "cells.csv", csv_text(records, first=("variant", "seed")))
     atomic_write_text(report_dir / "summary.json", json.dumps(_plain_json(summary), indent=1))
     atomic_write_text(report_dir / "report.md", _markdown(summary, notes, threshold_lines))
     return report_dir

@@ -27,7 +27,6 @@ import copy
 import hashlib
 import json
 import re
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -38,9 +37,8 @@ from unetlab.config import Config, apply_overrides, config_from_dict
 from unetlab.errors import ConfigError, UnetlabError
 from unetlab.evaluation.evaluate import METRIC_NAMES, MULTICLASS_METRIC_NAMES
 from unetlab.models.registry import variant_of
-from unetlab.recipes import read_config_source
+from unetlab.recipes import STUDIES, read_config_source
 
-_SUFFIX = ".yaml"
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # names become folder names
 #: Config keys that define the study's one split: a variant may not change them (`set` may, for every cell).
 SPLIT_KEYS = ("task", "data.format", "data.options", "data.val_fraction", "data.coverage_bins", "data.folds")
@@ -253,36 +251,8 @@ def _check_split_keys(config: Config, common: Config, source: str) -> None:
 # ----------------------------------------------------------------------------- finding and reading studies
 
 
-def _folder():
-    return resources.files("unetlab") / "studies" / "builtin"
-
-
-def study_names() -> list[str]:
-    """The built-in studies, by name, sorted."""
-    return sorted(entry.name[: -len(_SUFFIX)] for entry in _folder().iterdir() if entry.name.endswith(_SUFFIX))
-
-
-def study_description(name: str) -> str:
-    """The first comment line of built-in study `name`, without its '#'."""
-    for line in (_folder() / f"{name}{_SUFFIX}").read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-    return ""
-
-
-def _is_bare_name(text: str) -> bool:
-    return not any(sep in text for sep in ("/", "\\")) and Path(text).suffix.lower() not in (".yaml", ".yml")
-
-
-def _read_source(name_or_path: str | Path) -> tuple[str, str, Path | None]:
-    text = str(name_or_path)
-    if Path(name_or_path).is_file():
-        return Path(name_or_path).read_text(encoding="utf-8"), text, Path(name_or_path).resolve().parent
-    names = study_names()
-    if _is_bare_name(text) and text in names:
-        return (_folder() / f"{text}{_SUFFIX}").read_text(encoding="utf-8"), f"{text} (built-in study)", None
-    what = "no such study file or built-in study" if _is_bare_name(text) else "study file not found"
-    raise ConfigError(f"{text}: {what}; built-in studies: {', '.join(names)}; or pass the path of a study YAML file")
+study_names = STUDIES.names
+study_description = STUDIES.description
 
 
 def _format_error(exc: ValidationError, source: str) -> str:
@@ -315,7 +285,7 @@ def load_study(name_or_path: str | Path) -> StudySpec:
     """A study file, or a built-in study by name (`load_study("q52-skips")`); an existing path wins."""
     if isinstance(name_or_path, StudySpec):
         return name_or_path
-    text, source, source_dir = _read_source(name_or_path)
+    text, source, source_dir = STUDIES.read(name_or_path)
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
