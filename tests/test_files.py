@@ -82,3 +82,17 @@ def test_remove_stale_temporaries_spares_a_finished_write(tmp_path):
         tmp.write_text("epoch\n1\n")
     assert remove_stale_temporaries(tmp_path) == []
     assert (tmp_path / "metrics.csv").read_text() == "epoch\n1\n"
+
+
+def test_written_files_get_the_umask_permissions_not_private_ones(tmp_path):
+    import os
+    import stat
+
+    from unetlab.files import atomic_write_text
+
+    from unetlab.files import _UMASK
+
+    path = atomic_write_text(tmp_path / "shared.txt", "x")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")  # what any new file of this process gets
+    assert stat.S_IMODE(os.stat(path).st_mode) == stat.S_IMODE(os.stat(plain).st_mode) == 0o666 & ~_UMASK
