@@ -206,3 +206,14 @@ def test_multiclass_study_reports_miou(tmp_path):
     assert summary["comparisons"]["wide"]["difference"] == pytest.approx(wide[1] - wide[0], abs=1e-12)
     text = (report / "report.md").read_text()
     assert "2 of 2 cells done" in text and "| base | 1 of 1 | " in text and "mIoU" in text
+
+
+def test_cells_kept_without_checkpoints_still_report(study, tmp_path):
+    kept = Path(shutil.copytree(study, tmp_path / "kept"))
+    for checkpoints in kept.glob("cells/*/seed-*/checkpoints"):
+        shutil.rmtree(checkpoints)  # as in benchmarks/results/studies: configs, metrics and evaluations only
+    shutil.rmtree(kept / "report", ignore_errors=True)
+    report = build_report(_spec(), kept)
+    text = (report / "report.md").read_text()
+    assert "4 of 4 cells done" in text and "no finished cell keeps its checkpoints/best.pt" in text
+    assert json.loads((report / "summary.json").read_text())["comparisons"]["wide"]["seeds"] == [0, 1]

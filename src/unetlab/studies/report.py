@@ -296,7 +296,11 @@ def draw_curves(cells: dict[str, list[Cell]], key: str, path: Path) -> Path:
 
 def draw_predictions(cells: dict[str, list[Cell]], baseline: str, path: Path) -> str | None:
     """Validation images predicted by each variant's first finished cell; returns why it was skipped, if so."""
-    firsts = {variant: group[0] for variant, group in cells.items() if group}
+    # Cells kept without their checkpoints (benchmarks/results/studies) cannot predict: use the first that can.
+    firsts = {variant: kept[0] for variant, group in cells.items()
+              if (kept := [cell for cell in group if RunFolder(cell.path).has_checkpoint("best")])}
+    if not firsts:
+        return "predictions figure skipped: no finished cell keeps its checkpoints/best.pt"
     reference = firsts.get(baseline) or next(iter(firsts.values()))
     try:
         config = RunFolder(reference.path).read_config()
