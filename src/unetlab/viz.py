@@ -855,12 +855,17 @@ def save_pr_curves(
     return _save_figure(fig, path)
 
 
+def _missing_cell(ax, image: np.ndarray, text: str) -> None:
+    """A light grey cell of the image's size that says what is missing."""
+    ax.imshow(np.full(image.shape[:2] + (3,), 245, dtype=np.uint8))
+    _blank(ax, text)
+
+
 def _variant_cell(ax, image: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None, cell_px: float,
                   palette: np.ndarray | None, ignore_index: int | None) -> None:
     """One prediction: binary as the image with red prediction and green truth contours, multiclass as colours."""
     if pred is None:
-        ax.imshow(np.full(image.shape[:2] + (3,), 245, dtype=np.uint8))
-        _blank(ax, "no prediction")
+        _missing_cell(ax, image, "no prediction")
     elif palette is not None:
         ax.imshow(colorize_labels(pred, palette, ignore_index), interpolation="nearest")
     else:
@@ -942,8 +947,7 @@ def _class_legend(fig: Figure, names: Sequence[str], palette: np.ndarray, ignore
 def _variant_truth(ax, image: np.ndarray, truth: np.ndarray | None, palette: np.ndarray | None,
                    ignore_index: int | None) -> None:
     if truth is None:
-        ax.imshow(np.full(image.shape[:2] + (3,), 245, dtype=np.uint8))
-        _blank(ax, "no ground truth")
+        _missing_cell(ax, image, "no ground truth")
     elif palette is not None:
         ax.imshow(colorize_labels(truth, palette, ignore_index), interpolation="nearest")
     else:
