@@ -321,6 +321,8 @@ def study(
     max_cells: Optional[int] = typer.Option(None, "--max-cells", min=1, help="stop after running this many cells"),
     heartbeat: Optional[int] = typer.Option(None, "--heartbeat", min=1, help="seconds between a worker's "
                                             "heartbeats (default 20); a cell whose worker misses 6 is taken over"),
+    no_sharing: bool = typer.Option(False, "--no-sharing", help="train every cell here, even one that another "
+                                    "study in the same parent folder finished with the same config, seed and split"),
 ) -> None:
     """Run a study: every variant x seed is a cell (a run folder), trained, then scored on one shared split.
 
@@ -345,7 +347,8 @@ def study(
         typer.echo(f"wrote {build_study_report(spec, folder)}")
         return
     extra = {"heartbeat_s": heartbeat} if heartbeat is not None else {}
-    run_study(spec, folder, data_root=data, storage=storage, log=typer.echo, max_cells=max_cells, **extra)
+    run_study(spec, folder, data_root=data, storage=storage, log=typer.echo, max_cells=max_cells,
+              share=not no_sharing, **extra)
 
 
 def _parse_size(text: str) -> tuple[int, int]:

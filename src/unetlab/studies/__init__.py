@@ -5,7 +5,8 @@
     unetlab study q52-skips --report                     # the report of what is finished
 
 `spec.py` reads and checks study files, `folder.py` owns the study folder's layout, `coordination.py`
-the Optuna storage that hands cells to workers, `runner.py` runs them, `report.py` reports on them.
+the Optuna storage that hands cells to workers, `runner.py` runs them, `sharing.py` copies a cell another study already ran identically,
+`report.py` reports on them.
 """
 
 from unetlab.studies.folder import StudyFolder

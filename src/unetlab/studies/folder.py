@@ -4,7 +4,8 @@
       study.yaml                     the resolved spec and its fingerprint (written atomically)
       study.db                       the default coordination storage (SQLite; --storage URL for a server)
       split.json                     the ONE train/validation split of every cell
-      cells/<variant>/seed-<seed>/   a normal run folder per cell (RunFolder), checkpoints kept
+      cells/<variant>/seed-<seed>/   a normal run folder per cell (RunFolder), checkpoints kept; one copied
+                                     from another study's identical cell also holds shared-from.json
       report/                        written by `studies/report.py`
 
 Several workers may share the folder (on one machine, or many over a shared file system with a
@@ -26,9 +27,11 @@ from unetlab.run_folder import RunFolder
 
 #: The evaluation every cell gets after training: its best checkpoint on the study's validation split.
 CELL_EVALUATION = "best-val"
+#: Written into a cell copied from another study's identical cell (`studies/sharing.py`): where it came from.
+SHARED_FROM = "shared-from.json"
 #: What a cell's run folder may hold: only these are ever removed when a half-created cell is cleared.
 _RUN_ENTRIES = {RunFolder.CONFIG, RunFolder.SPLIT, RunFolder.FOLDS, RunFolder.METRICS, RunFolder.REPORT,
-                RunFolder.CHECKPOINTS, RunFolder.EVALUATION, RunFolder.FIGURES, RunFolder.EXPORT}
+                RunFolder.CHECKPOINTS, RunFolder.EVALUATION, RunFolder.FIGURES, RunFolder.EXPORT, SHARED_FROM}
 
 
 class StudyFolder:

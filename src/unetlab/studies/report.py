@@ -44,6 +44,7 @@ from unetlab.metrics import image_iou, micro_scores, multiclass_scores, tgs_imag
 from unetlab.models import create_model
 from unetlab.models.summary import count_flops, count_parameters, format_count, format_gflops
 from unetlab.run_folder import RunFolder
+from unetlab.studies.sharing import shared_from
 from unetlab.viz import save_band_curves, save_pr_curves, save_variant_predictions
 
 RESAMPLES = 2000
@@ -73,6 +74,7 @@ class Cell:
     path: Path
     evaluation: dict
     rows: list[dict] = field(default_factory=list)
+    shared_from: dict | None = None  # the other study's cell it was copied from (studies/sharing.py)
 
     @property
     def task(self) -> str:
@@ -96,7 +98,7 @@ def load_cells(spec: Any, study_dir: Path) -> tuple[dict[str, list[Cell]], list[
                 missing.append(f"{variant}/seed-{seed}")
                 continue
             cells[variant].append(Cell(variant, int(seed), folder.path, json.loads(path.read_text()),
-                                       folder.read_metrics()))
+                                       folder.read_metrics(), shared_from(folder)))
     return cells, missing
 
 
@@ -521,7 +523,8 @@ def summarise(spec: Any, cells: dict[str, list[Cell]], missing: list[str]) -> tu
     planned = len(spec.variants) * len(spec.seeds)
     summary = {"name": spec.name, "description": getattr(spec, "description", None), "task": task,
                "metric": f"val/{key}", "metric_key": key, "keys": keys, "baseline": baseline,
-               "cells": {"planned": planned, "done": len(finished), "missing": missing},
+               "cells": {"planned": planned, "done": len(finished), "missing": missing,
+                         "shared": {f"{c.variant}/seed-{c.seed}": c.shared_from for c in finished if c.shared_from}},
                "variants": variants, "comparisons": comparisons,
                "bootstrap": {"resamples": RESAMPLES, "rng_seed": RNG_SEED, "interval": "percentile 2.5-97.5",
                              "resampled": "validation images and paired seeds, with replacement"}}
@@ -536,6 +539,10 @@ def _markdown(summary: dict[str, Any], notes: list[str], threshold_lines: list[s
     lines += [f"{cells['done']} of {cells['planned']} cells done"
               + (f"; not finished: {', '.join(cells['missing'])}." if cells["missing"] else "."),
               "", f"Study metric: {summary['metric']}; baseline: {summary['baseline']}.", ""]
+    if cells.get("shared"):
+        lines += ["Trained once and shared with another study (same config, seed, data and split): "
+                  + "; ".join(f"{label} is {origin.get('study', '?')}'s {origin.get('cell', '?')}"
+                              for label, origin in cells["shared"].items()) + ".", ""]
     lines += _quality_lines(summary, summary["keys"]) + _cost_lines(summary)
     if summary["comparisons"]:
         lines += _comparison_lines(summary)

@@ -44,6 +44,7 @@ from unetlab.studies.coordination import (
     open_storage, other_grids, requeue_lost_cells, study_name,
 )
 from unetlab.studies.folder import StudyFolder
+from unetlab.studies.sharing import adopt_twin, comparable, find_twin
 from unetlab.studies.spec import StudySpec, load_study
 from unetlab.tasks import build_task
 
@@ -120,29 +121,29 @@ class CellRecorder(Callback):
             self.queue.storage.set_trial_intermediate_value(self.queue.trial_id(self.trial), int(row["epoch"]), value)
 
 
-def _comparable(config: Config) -> dict[str, Any]:
-    data = config.to_dict()
-    data["data"].pop("root", None)
-    data["data"].pop("split_file", None)  # the study folder may sit at another path on another machine
-    return data
-
-
 def _same_config(run: RunFolder, config: Config) -> bool:
     try:
-        return _comparable(run.read_config()) == _comparable(config)
+        return comparable(run.read_config()) == comparable(config)
     except UnetlabError:
         return False
 
 
 def run_cell(spec: StudySpec, folder: StudyFolder, variant: str, seed: int, data_root: str | Path,
-             log: Log = print, callbacks: list[Callback] | None = None) -> dict[str, Any]:
-    """Train (or resume) and score one cell; its evaluation result. A finished cell is only read back."""
+             log: Log = print, callbacks: list[Callback] | None = None, share: bool = True) -> dict[str, Any]:
+    """Train (or resume) and score one cell; its evaluation result. A finished cell is only read back; with
+    `share`, an identical cell another study beside this one finished is copied in instead of trained."""
     config = spec.cell_config(variant, seed, data_root=data_root, split_file=folder.split_path.resolve())
     run = folder.cell_run(variant, seed)
     if folder.is_finished(variant, seed):
         if not _same_config(run, config):
             raise _grid_changed(spec, str(run.path), 1)
         log("finished earlier: not trained again")
+        return folder.read_evaluation(variant, seed)
+    twin = find_twin(folder, config, data_root) if share else None
+    if twin is not None:
+        origin = adopt_twin(folder, variant, seed, twin)
+        log(f"shared: {origin['study']}'s {origin['cell']} is this experiment (same config, seed, data and split); "
+            "copied, not trained again")
         return folder.read_evaluation(variant, seed)
     dataset = load_for_config(config, data_root)
     options = dict(progress=False, log=log, dataset=dataset, callbacks=callbacks or [])
@@ -176,7 +177,7 @@ def _finish(queue: CellQueue, trial: FrozenTrial, result: dict[str, Any], key: s
 
 
 def _run_claimed(queue: CellQueue, trial: FrozenTrial, spec: StudySpec, folder: StudyFolder,
-                 data_root: str | Path, log: Log, heartbeat_s: float) -> None:
+                 data_root: str | Path, log: Log, heartbeat_s: float, share: bool) -> None:
     variant, seed = cell_of(trial)  # type: ignore[misc]
     label = StudyFolder.label(variant, seed)
     metric = spec.metric_for(spec.common_config().task)
@@ -189,7 +190,7 @@ def _run_claimed(queue: CellQueue, trial: FrozenTrial, spec: StudySpec, folder: 
         queue.record_params(trial, list(spec.variants), list(spec.seeds))
         with queue.heartbeat(trial, heartbeat_s) as beat:
             result = run_cell(spec, folder, variant, seed, data_root, cell_log,
-                              [CellRecorder(queue, trial, beat, metric)])
+                              [CellRecorder(queue, trial, beat, metric)], share)
     except CellLost as exc:
         cell_log(str(exc))
         return
@@ -209,7 +210,7 @@ def _all_done(queue: CellQueue, spec: StudySpec, folder: StudyFolder) -> bool:
 
 
 def _work(queue: CellQueue, spec: StudySpec, folder: StudyFolder, data_root: str | Path, log: Log,
-          max_cells: int | None, heartbeat_s: float) -> tuple[int, bool]:
+          max_cells: int | None, heartbeat_s: float, share: bool) -> tuple[int, bool]:
     """Claim and run cells until none is left (waiting for cells other workers run: if one of them dies,
     its cell comes back here); returns how many cells this worker ran and whether its last one completed
     the study."""
@@ -232,7 +233,7 @@ def _work(queue: CellQueue, spec: StudySpec, folder: StudyFolder, data_root: str
             queue.set_attr(trial, "duplicate_of", owner.number if owner is not None else -1)
             queue.study.tell(trial.number, state=TrialState.PRUNED)
             continue
-        _run_claimed(queue, trial, spec, folder, data_root, log, heartbeat_s)
+        _run_claimed(queue, trial, spec, folder, data_root, log, heartbeat_s, share)
         ran += 1
         completed = _all_done(queue, spec, folder)
     return ran, completed
@@ -262,16 +263,18 @@ def _prepare(spec: StudySpec, folder: StudyFolder, data_root: str | Path | None,
 
 def run_study(spec: StudySpec | str | Path, study_dir: str | Path | None = None,
               data_root: str | Path | None = None, storage: str | None = None, log: Log = print,
-              max_cells: int | None = None, heartbeat_s: int = HEARTBEAT_S, report: bool = True
-              ) -> dict[str, list[str]]:
+              max_cells: int | None = None, heartbeat_s: int = HEARTBEAT_S, report: bool = True,
+              share: bool = True) -> dict[str, list[str]]:
     """Run cells of `spec` (a StudySpec, a built-in name or a study file) until none is left or `max_cells`
-    ran; returns `study_status`. The worker whose cell completes the study builds the report too."""
+    ran; returns `study_status`. The worker whose cell completes the study builds the report too. With
+    `share`, a cell that another study beside this one already finished identically is copied, not trained
+    (`studies/sharing.py`)."""
     spec = load_study(spec)
     folder = StudyFolder(study_dir if study_dir is not None else default_study_dir(spec))
     queue, root = _prepare(spec, folder, data_root, storage, heartbeat_s)
     log(f"study {spec.name}: {len(spec.cells())} cells ({len(spec.variants)} variants x {len(spec.seeds)} seeds, "
         f"matched on {spec.budget.matched}) in {folder.path}")
-    ran, completed = _work(queue, spec, folder, root, log, max_cells, heartbeat_s)
+    ran, completed = _work(queue, spec, folder, root, log, max_cells, heartbeat_s, share)
     status = study_status(spec, folder.path, storage)
     log(f"this worker ran {ran} cell(s); done {len(status['done'])}, running {len(status['running'])}, "
         f"left {len(status['left'])}")
