@@ -96,3 +96,11 @@ def tiny_run(tgs_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     train(tiny_config(), data_root=tgs_dir, run_dir=run_dir, progress=False, log=lambda _: None)
     return run_dir
+
+
+@pytest.fixture(scope="session")
+def multiclass_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 grey 32x32 images in 3 classes with an ignored top row (`run_fixtures.write_multiclass_folder`)."""
+    from run_fixtures import write_multiclass_folder
+
+    return write_multiclass_folder(tmp_path_factory.mktemp("multiclass") / "data")

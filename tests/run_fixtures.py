@@ -5,7 +5,9 @@ The tiny trained run built from them is the `tiny_run` fixture in conftest.py.""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from unetlab.config import Config, load_config
@@ -55,3 +57,36 @@ def assert_choice_refused(code: int, err: str, option: str, value: str, *choices
     text = " ".join(err.replace("│", " ").split())
     for needle in (f"'{option}'", f"'{value}'", *(f"'{choice}'" for choice in choices)):
         assert needle in text, (needle, text)
+
+
+def write_multiclass_folder(root: Path, count: int = 8, shape: tuple[int, int] = (32, 32), noise: float = 0.0,
+                            seed: int = 0) -> Path:
+    """A `folders`-format set of grey images with 3 classes: class 1 = bright squares, class 2 = dark
+    stripes, 0 = the rest, and an ignored (255) top row like VOC's boundary. Returns `root`."""
+    from PIL import Image
+
+    height, width = shape
+    side, stride = height // 3, width // 5
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(seed)
+    for k in range(count):
+        mask = np.zeros(shape, np.uint8)
+        y, x = rng.integers(2, min(height, width) - side - 2, size=2)
+        mask[y : y + side, x : x + side] = 1
+        mask[:, (k % 4) * stride + 2 : (k % 4) * stride + 5] = 2
+        image = np.full(shape, 120, np.uint8)
+        image[mask == 1], image[mask == 2] = 220, 30
+        if noise:
+            image = np.clip(image + rng.normal(0, noise, shape), 0, 255).astype(np.uint8)
+        mask[0, :] = 255
+        Image.fromarray(image).save(root / "images" / f"img{k:02d}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img{k:02d}.png")
+    return root
+
+
+def multiclass_config(*overrides: str) -> Config:
+    """`tiny_config` for the 3-class `write_multiclass_folder` sets (255 ignored), monitored by val/miou."""
+    return tiny_config("task=multiclass", "model.classes=3", "data.format=folders",
+                       "data.options={num_classes: 3, ignore_index: 255}", "data.cache=false",
+                       "train.monitor=val/miou", "train.monitor_mode=max", *overrides)

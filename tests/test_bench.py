@@ -117,3 +117,29 @@ def test_bench_models_times_a_named_variant():
                         batch_size=2, steps=1, warmup=0, device="cpu", log=lambda line: None)
     assert [row["model"] for row in rows] == ["unet-noskip"]
     assert rows[0]["params"] > 0 and rows[0]["train_images_per_s"] > 0
+
+
+def test_bench_predict_measures_each_size_in_its_own_process(tmp_path):
+    """Two tiny sections through a tiny U-Net in tiles: timing and memory of each, and the JSON written."""
+    from unetlab.bench import bench_predict
+
+    lines: list[str] = []
+    out = tmp_path / "predict.json"
+    result = bench_predict((96, 160), config=load_config(None, TINY_BENCH), tile=64, overlap=16, out=out,
+                           log=lines.append)
+    assert json.loads(out.read_text()) == result
+    assert [row["size"] for row in result["rows"]] == [96, 160] and len(lines) == 2
+    for row, side in zip(result["rows"], (96, 160)):
+        assert _positive(row["seconds"]) and row["tiled"] and row["tile_side"] == 64 and row["tiles"] >= 4
+        assert row["image_mb"] == pytest.approx(side * side / 2**20)
+        assert row["output_mb"] == pytest.approx(4 * side * side / 2**20)  # float32 probabilities
+        assert row["peak_rss_mb"] >= row["rss_before_mb"] > 0 and row["method"] in ("VmHWM", "ru_maxrss")
+        assert row["rise_bytes_per_pixel"] == pytest.approx(row["rise_mb"] * 2**20 / side**2)
+    assert result["model"]["base_width"] == 4 and "VmHWM" in result["memory_method"]
+
+
+def test_bench_predict_cli_refuses_run_with_config(tmp_path, capsys):
+    from run_fixtures import assert_one_line_error
+
+    code, _, err = run_cli(["bench", "predict", "--run", str(tmp_path), "--config", "tgs-salt"], capsys)
+    assert_one_line_error(code, err, "--run")

@@ -146,3 +146,19 @@ def test_unknown_format_and_missing_run_are_refused(tiny_run, tmp_path):  # noqa
     with pytest.raises(UnetlabError, match="--opset"):
         export_run(tiny_run, "torchscript", opset=17)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metadata_records_the_saved_operating_point(tiny_run, tmp_path):  # noqa: F811
+    from unetlab.run_folder import RunFolder
+
+    run = Path(shutil.copytree(tiny_run, tmp_path / "run"))
+    checkpoint = RunFolder(run).checkpoint_path("best")
+    plain = export_module._metadata(Predictor.load(run, device="cpu"), checkpoint, "best", (129, 131))
+    decoding = ("threshold", "min_area", "min_component", "criterion")
+    assert tuple(plain[k] for k in decoding) == ("0.5", "0", "0", "none")
+    RunFolder(run).write_operating_point({
+        "threshold": 0.437, "min_area": 20, "min_component": 5, "criterion": "max-tgs", "checkpoint": "best",
+        "checkpoint_sha256": RunFolder.checkpoint_digest(checkpoint), "data": "/data", "split": "val", "images": 4})
+    meta = export_module._metadata(Predictor.load(run, device="cpu"), checkpoint, "best", (129, 131))
+    assert tuple(meta[k] for k in decoding) == ("0.437", "20", "5", "max-tgs")
+    assert "chosen on val of /data (4 images)" in meta["operating_point"]

@@ -183,3 +183,53 @@ def test_remove_stale_temporaries_in_the_run_folders(tmp_path):
     kept = run.save_checkpoint("best", {"epoch": 1})
     assert sorted(run.remove_stale_temporaries()) == sorted(stale)
     assert kept.is_file() and not any(p.exists() for p in stale)
+
+
+# ------------------------------------------------------------------------------ operating point
+
+
+def _point(**changes):
+    point = {"threshold": 0.437, "min_area": 20, "min_component": 5, "criterion": "max-tgs", "checkpoint": "best",
+             "checkpoint_sha256": "0" * 64, "data": "/data", "split": "val", "images": 10, "metrics": {"iou": 0.5}}
+    return {**point, **changes}
+
+
+def test_operating_point_round_trip_is_atomic_and_stamped(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    assert run.read_operating_point() is None
+    path = run.write_operating_point(_point())
+    assert path == tmp_path / "run" / RunFolder.OPERATING_POINT == run.operating_point_path
+    saved = run.read_operating_point()
+    assert {k: saved[k] for k in _point()} == _point()
+    assert datetime.fromisoformat(saved["written"]).tzinfo is not None
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []  # no temporaries left
+    with pytest.raises(ValueError, match="lacks checkpoint_sha256"):
+        run.write_operating_point({k: v for k, v in _point().items() if k != "checkpoint_sha256"})
+
+
+def test_operating_point_applies_only_to_the_checkpoint_it_was_chosen_for(tmp_path):
+    run = RunFolder.create(tmp_path / "run")
+    best = run.save_checkpoint("best", {"weights": torch.zeros(3)})
+    last = run.save_checkpoint("last", {"weights": torch.ones(3)})
+    run.write_operating_point(_point(checkpoint_sha256=RunFolder.checkpoint_digest(best)))
+    assert run.operating_point_for(best)["criterion"] == "max-tgs"
+    assert run.operating_point_for(last) is None
+    run.save_checkpoint("best", {"weights": torch.full((3,), 2.0)})  # best.pt rewritten (training resumed)
+    assert run.operating_point_for(best) is None
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("{not json", "cannot read it"),
+    ('{"threshold": 0.5}', "not an operating point (no min_area"),
+    (None, "threshold must lie in (0, 1)"),
+])
+def test_a_broken_operating_point_is_a_one_line_error_naming_the_file(tmp_path, text, needle):
+    import json
+
+    run = RunFolder.create(tmp_path / "run")
+    run.operating_point_path.write_text(text if text is not None else json.dumps(_point(threshold=1.5)))
+    with pytest.raises(UnetlabError) as caught:
+        run.read_operating_point()
+    message = str(caught.value)
+    assert needle in message and str(run.operating_point_path) in message and "--save" in message
+    assert "\n" not in message

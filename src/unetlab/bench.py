@@ -1,4 +1,4 @@
-"""Benchmarks behind `unetlab bench train` and `unetlab bench models`.
+"""Benchmarks behind `unetlab bench train`, `unetlab bench models` and `unetlab bench predict`.
 
 `bench train`: training images/s and peak memory of three paths that share the model
 architecture (same initial weights), the loss and the optimizer of the config, measured in one run
@@ -36,6 +36,13 @@ vfork inherits its parent's peak in it); elsewhere the rise of ru_maxrss, a lowe
 
 `bench models`: every model of the zoo at given sizes: parameters, GFLOPs, receptive field,
 inference and training images/s on the default path (bf16 autocast + channels_last).
+
+`bench predict`: a square grey seismic section of each given side through `Predictor.predict_proba`
+(tiled prediction, inference/tiling.py) with a trained run or the config's model with random weights:
+seconds, and the peak resident memory of a fresh Python process that predicts that one size alone
+(VmHWM reset just before the section is made, as above), compared with the section (uint8) and
+probability (float32) arrays themselves; memory flat per pixel shows as bytes per pixel that do not
+grow with the side.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ import torch.nn as nn
 
 from unetlab.config import Config
 from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, train_step
-from unetlab.errors import ConfigError
+from unetlab.errors import ConfigError, UnetlabError
 from unetlab.files import atomic_write_text
 from unetlab.engine.device import autocast, resolve_device
 from unetlab.losses import LossFn, build_loss, loss_terms
@@ -406,12 +413,18 @@ def _memory_probe_main() -> None:
     print(json.dumps({"peak_memory_mb": peak - before, "memory_before_mb": before, "method": method}))
 
 
+def _probe_env() -> dict[str, str]:
+    """The environment of a probe process: this one's, with the folder holding this unetlab package first."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
 def _cpu_memory_probes(names: tuple[str, ...], cfg: Config, data: BenchData, size: int, batch_size: int,
                        steps: int, log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
     """Each path alone in a fresh Python process; see the module docstring for what the number means."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[1])  # the folder holding the unetlab package
-    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+    env = _probe_env()
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="unetlab-bench-") as tmp:
         data_file = Path(tmp) / "data.npz"
@@ -695,3 +708,121 @@ def bench_models(specs: dict[str, dict] | None = None, sizes: tuple[int, ...] = 
                                            "torch": torch.__version__, "threads": torch.get_num_threads(),
                                            "rows": rows}, indent=1))
     return rows
+
+
+# --------------------------------------------------------------------------- bench predict
+
+
+def seismic_section(side: int, seed: int = 0) -> np.ndarray:
+    """A uint8 (side, side) seismic-like section: one 512-pixel synthetic image mirrored out to the side
+    (generating the whole section would take longer and more memory than predicting it)."""
+    from unetlab.data.synthetic import generate_seismic
+
+    base = generate_seismic(1, size=min(side, 512), seed=seed, empty_fraction=0.0)[0][0]
+    return np.pad(base, ((0, side - base.shape[0]), (0, side - base.shape[1])), mode="symmetric")
+
+
+def _bench_predictor(spec: dict[str, Any]) -> Any:
+    """The run's predictor, or the config's model with random weights (seed 0) and the statistics of a section."""
+    from unetlab.data.tensors import channel_stats
+    from unetlab.inference.predictor import Predictor
+
+    if spec["run"]:
+        return Predictor.load(spec["run"], device="cpu")
+    cfg = Config.model_validate(spec["config"])
+    seed_everything(0)
+    model = create_model(cfg.model.name, **cfg.model.options())
+    mean, std = channel_stats(seismic_section(256)[None])
+    return Predictor(model, cfg, mean, std, cfg.eval.threshold, torch.device("cpu"))
+
+
+def _predict_probe_main() -> None:
+    """Entry point of one `bench predict` size (`python -c`): spec as JSON on stdin, result as JSON on the last line."""
+    from unetlab.inference.tiling import tile_side, tile_starts
+
+    spec = json.loads(sys.stdin.read())
+    if spec["threads"]:
+        torch.set_num_threads(int(spec["threads"]))
+    predictor = _bench_predictor(spec)
+    side, tile, overlap, tta = int(spec["size"]), spec["tile"], spec["overlap"], spec["tta"]
+    tile = predictor.config.eval.tile if tile is None else tile
+    overlap = predictor.config.eval.tile_overlap if overlap is None else overlap
+    tta = predictor.config.eval.tta if tta is None else tta
+    tiled = predictor.uses_tiles(np.zeros((side, side), np.uint8), tile)
+    tile_px = tile_side(side, tile, overlap) if tiled else side
+    # Warm-up at the tile shape, outside the measurement: the first call builds kernels and folds the model.
+    predictor.predict_proba([seismic_section(tile_px)], tta=tta, tile=0)
+    gc.collect()
+    method = "VmHWM" if _reset_peak_rss() else "ru_maxrss"
+    before = _proc_status_kb("VmRSS") / 1024 if method == "VmHWM" else _ru_maxrss_mb()  # type: ignore[operator]
+    image = seismic_section(side, seed=int(spec["seed"]))
+    start = time.perf_counter()
+    probs = predictor.predict_proba([image], tta=tta, tile=tile, overlap=overlap)[0]
+    seconds = time.perf_counter() - start
+    peak = _proc_status_kb("VmHWM") / 1024 if method == "VmHWM" else _ru_maxrss_mb()  # type: ignore[operator]
+    grid = len(tile_starts(side, tile_px, overlap)) if tiled else 1
+    print(json.dumps({
+        "size": side, "seconds": seconds, "megapixels_per_s": side * side / seconds / 1e6,
+        "peak_rss_mb": peak, "rss_before_mb": before, "rise_mb": peak - before,
+        "image_mb": image.nbytes / 2**20, "output_mb": probs.nbytes / 2**20,
+        "beyond_arrays_mb": peak - before - (image.nbytes + probs.nbytes) / 2**20,
+        "rise_bytes_per_pixel": (peak - before) * 2**20 / (side * side), "method": method,
+        "tiled": tiled, "tile": tile, "tile_side": tile_px, "overlap": overlap, "tiles": grid * grid, "tta": tta,
+        "threads": torch.get_num_threads(), "precision": predictor.precision, "channels_last": predictor.channels_last,
+        "model": predictor.config.model.model_dump(),
+        "parameters": sum(p.numel() for p in predictor.model.parameters()),
+    }))
+
+
+def bench_predict(sizes: tuple[int, ...] = (4096,), config: Config | None = None, run: str | Path | None = None,
+                  tile: int | None = None, overlap: int | None = None, tta: str | None = None,
+                  out: str | Path | None = None, log: Callable[[str], None] = print, seed: int = 0,
+                  timeout: float = 1800.0) -> dict:
+    """Seconds and peak memory of predicting one square grey section per size (see the module docstring).
+
+    The model is `run`'s (its config's tile, overlap, TTA, precision and memory format), else `config`'s
+    (default: the tgs-salt recipe) with random weights: the timing does not depend on the weights.
+    `tile`, `overlap`, `tta` override the config's eval.tile, eval.tile_overlap, eval.tta. Each size runs
+    in a fresh Python process, one after the other, with this process's torch thread count. Returns
+    the result that `out` receives as JSON: ``rows`` (one per size: seconds, megapixels_per_s,
+    peak_rss_mb, rss_before_mb, rise_mb, image_mb, output_mb, beyond_arrays_mb, rise_bytes_per_pixel,
+    tiles, tile_side, ...), ``date``, ``machine``, ``model``, ``source``, ``memory_method``.
+    """
+    from unetlab.inference.tiling import check_tiling
+
+    if run is None and config is None:
+        from unetlab.config import load_config
+
+        config = load_config("tgs-salt")
+    if tile is not None or overlap is not None:
+        check_tiling(tile if tile is not None else 1024, overlap if overlap is not None else 0)
+    spec = {"run": str(run) if run else None, "config": config.to_dict() if config else None, "tile": tile,
+            "overlap": overlap, "tta": tta, "threads": torch.get_num_threads(), "seed": seed}
+    rows = []
+    for size in sizes:
+        process = subprocess.run([sys.executable, "-c", "from unetlab.bench import _predict_probe_main; "
+                                  "_predict_probe_main()"], input=json.dumps({**spec, "size": int(size)}),
+                                 capture_output=True, text=True, env=_probe_env(), timeout=timeout)
+        try:
+            rows.append(json.loads(process.stdout.strip().splitlines()[-1]))
+        except (IndexError, ValueError):
+            tail = (process.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UnetlabError(f"bench predict --size {size}: the probe process failed (exit code "
+                               f"{process.returncode}): {tail}") from None
+        row = rows[-1]
+        log(f"{size}x{size}: {row['seconds']:.2f} s ({row['megapixels_per_s']:.2f} Mpx/s, {row['tiles']} tiles of "
+            f"{row['tile_side']}), peak RSS {row['peak_rss_mb']:.0f} MB, +{row['rise_mb']:.0f} MB over the "
+            f"{row['rss_before_mb']:.0f} MB before the section = {row['rise_bytes_per_pixel']:.1f} B/pixel "
+            f"(section {row['image_mb']:.0f} MB + probabilities {row['output_mb']:.0f} MB + "
+            f"{row['beyond_arrays_mb']:.0f} MB)")
+    result = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
+              f"{torch.get_num_threads()} threads, torch {torch.__version__}",
+              "model": rows[0]["model"] if rows else None,
+              "source": f"run {run}" if run else "random weights (seed 0) of the config's model",
+              "memory_method": "peak resident memory (VmHWM, reset just before the section is made; ru_maxrss where "
+                               "that is unavailable) of a fresh process predicting one size, and its rise over the "
+                               "resident memory just before (model, libraries and warm-up excluded)",
+              "rows": rows}
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=1))
+    return result

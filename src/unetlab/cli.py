@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from enum import Enum
 from pathlib import Path
@@ -43,6 +44,11 @@ class XAxis(str, Enum):
     time = "time"
 
 
+class ProbabilityFormat(str, Enum):  # unetlab.inference.predict.PROBABILITY_FORMATS (tests/inference check they agree)
+    npy = "npy"
+    png16 = "png16"
+
+
 class ExportFormat(str, Enum):  # the keys of unetlab.export.FORMATS (tests/cli check they agree)
     onnx = "onnx"
     torchscript = "torchscript"
@@ -59,13 +65,17 @@ DataFormat = _choices("DataFormat", FORMATS)
 
 # ---- the option block evaluate and predict share
 ThresholdOption = Annotated[Optional[float], typer.Option(
-    "--threshold", help="binary: probability threshold (default: the run's eval.threshold)")]
+    "--threshold", help="binary: probability threshold (default: the run's saved operating point, else "
+    "eval.threshold)")]
 TtaOption = Annotated[Optional[Tta], typer.Option(  # type: ignore[valid-type]
     "--tta", case_sensitive=False, help="test-time augmentation (default: the run's eval.tta)")]
 WhichOption = Annotated[Which, typer.Option("--which", case_sensitive=False, help="which checkpoint to use")]
 MinAreaOption = Annotated[Optional[int], typer.Option(
     "--min-area", help="binary: predict an image empty when fewer pixels than this pass the threshold "
-    "(default: the run's eval.min_area)")]
+    "(default: the run's saved operating point, else eval.min_area)")]
+MinComponentOption = Annotated[Optional[int], typer.Option(
+    "--min-component", help="binary: remove predicted connected components (8-connected) of fewer pixels than "
+    "this, before --min-area counts (default: the run's saved operating point, else eval.min_component)")]
 FormatOption = Annotated[DataFormat, typer.Option(  # type: ignore[valid-type]
     "--format", case_sensitive=False, help="data format (the readers of unetlab.data.formats.registry)")]
 
@@ -135,13 +145,24 @@ def evaluate(
     tta: TtaOption = None,
     which: WhichOption = Which.best,
     min_area: MinAreaOption = None,
+    min_component: MinComponentOption = None,
+    choose: List[str] = typer.Option([], "--choose", help="binary: choose the threshold, min area and min "
+                                     "component on this set by a criterion: max-f1, max-iou, max-tgs, max-fbeta:B, "
+                                     "precision@recall>=R, recall@precision>=P (repeat for a table; "
+                                     "docs/operating-points.md)"),
+    save: bool = typer.Option(False, "--save", help="store the one --choose point in the run "
+                              "(operating-point.json): predict, export and evaluate then decode at it"),
+    worst: int = typer.Option(8, "--worst", min=0, help="how many of the worst images the gallery "
+                              "figures/worst-*.png shows (0: none)"),
 ) -> None:
-    """Score a run on labelled data: metrics, threshold and min-area sweeps, report.md and a prediction figure."""
+    """Score a run on labelled data: metrics, threshold and min-area sweeps, report.md and a prediction figure;
+    --choose picks operating points, --save keeps one with the run."""
     from unetlab.api import evaluate as api_evaluate
 
-    command = " ".join(["unetlab", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
+    command = shlex.join(["unetlab", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
     api_evaluate(run, data, split=split.value, threshold=threshold, tta=_value(tta), which=which.value,
-                 command=command, min_area=min_area)
+                 command=command, min_area=min_area, choose=choose or None, save=save, min_component=min_component,
+                 worst=worst)
 
 
 @app.command()
@@ -153,11 +174,25 @@ def predict(
     tta: TtaOption = None,
     which: WhichOption = Which.best,
     min_area: MinAreaOption = None,
+    min_component: MinComponentOption = None,
+    probabilities: Optional[ProbabilityFormat] = typer.Option(  # type: ignore[valid-type]
+        None, "--probabilities", case_sensitive=False, help="also write the probabilities into probabilities/: npy "
+        "(float32; multiclass (classes, H, W)) or png16 (16-bit, 0..65535; multiclass one folder per class)"),
+    tile: Optional[int] = typer.Option(None, "--tile", help="predict images with a side larger than this in "
+                                       "overlapping tiles of at most this side (default: the run's eval.tile; "
+                                       "0 = never tile)"),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="pixels neighbouring tiles share at "
+                                               "least (default: the run's eval.tile_overlap)"),
 ) -> None:
-    """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size."""
+    """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size.
+
+    Images of any size (PNG, JPEG, TIFF / BigTIFF, .npy; docs/inference.md): one larger than the tile is
+    predicted in overlapping tiles, in bounded memory."""
     from unetlab.api import predict as api_predict
 
-    api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area)
+    api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area,
+                min_component=min_component, probabilities=_value(probabilities), tile=tile,
+                tile_overlap=tile_overlap)
 
 
 @app.command()
@@ -254,7 +289,8 @@ def data_download(
     download_dataset(name, dest, cache_dir=cache_dir, progress=_progress(no_progress))
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: training throughput and the model zoo.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: training throughput, the model zoo, prediction of "
+                        "large images.")
 app.add_typer(bench_app, name="bench")
 
 
@@ -281,6 +317,30 @@ def bench_train_command(
 
     bench_train(load_config(config, set_), size=size, batch_size=batch_size, steps=steps, rounds=rounds,
                 warmup=warmup, out=out, data=data, images=images, memory=not no_memory)
+
+
+@bench_app.command("predict")
+def bench_predict_command(
+    sizes: List[int] = typer.Option([4096], "--size", min=16, help="side of the square grey section (repeat for "
+                                    "several: each runs in a fresh process)"),
+    run: Optional[Path] = typer.Option(None, "--run", help="a trained run folder (default: --config's model with "
+                                       "random weights)"),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config or built-in recipe of the random-weight "
+                                          "model (default tgs-salt: U-Net-16)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key"),
+    tile: Optional[int] = typer.Option(None, "--tile", help="default: the config's eval.tile"),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="default: the config's eval.tile_overlap"),
+    tta: TtaOption = None,
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON"),
+) -> None:
+    """Seconds and peak memory (RSS) of predicting one large grey section per size, tiled as `predict` does."""
+    from unetlab.bench import bench_predict
+    from unetlab.config import load_config
+
+    if run is not None and (config is not None or set_):
+        raise ConfigError("--run predicts with the run's own config; drop --config and --set")
+    cfg = None if run is not None else load_config(config or "tgs-salt", set_)
+    bench_predict(tuple(sizes), config=cfg, run=run, tile=tile, overlap=tile_overlap, tta=_value(tta), out=out)
 
 
 @bench_app.command("models")

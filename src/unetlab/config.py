@@ -278,9 +278,30 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    tta: Literal["none", "hflip"] = "none"
+    tta: Literal["none", "hflip", "dihedral"] = Field(
+        "none", description="test-time augmentation: hflip averages the image and its mirror; dihedral the 8 "
+                            "flips and quarter turns (photographs; seismic sections have a depth direction)")
+    tile: int = Field(1024, ge=0, description="predict images with a side larger than this in overlapping tiles "
+                                              "of this side, in bounded memory (docs/inference.md); 0 = never tile; "
+                                              "data.sizing=resize runs never tile")
+    tile_overlap: int = Field(64, ge=0, description="pixels that neighbouring tiles share at least (less than "
+                                                    "eval.tile); the tiles spread evenly, so often more")
+    tile_window: Literal["gaussian", "cosine"] = Field(
+        "gaussian", description="how overlapping tiles blend: weights high in a tile's centre, low at its border")
+
+    @model_validator(mode="after")
+    def _tiles_fit(self) -> "EvalConfig":
+        if 0 < self.tile < 16:
+            raise ConfigError(f"bad value for 'eval.tile': {self.tile}; use 0 (never tile) or a side of at least 16")
+        if self.tile and self.tile_overlap >= self.tile:
+            raise ConfigError(f"bad value for 'eval.tile_overlap': {self.tile_overlap} pixels, not less than "
+                              f"eval.tile {self.tile}; use a smaller overlap (e.g. {self.tile // 8})")
+        return self
+
     min_area: int = Field(0, ge=0, description="binary: an image predicting fewer foreground pixels than this (at "
                           "its own size) is predicted empty; 0 keeps every prediction")
+    min_component: int = Field(0, ge=0, description="binary: connected components (8-connected) of fewer predicted "
+                               "pixels than this are removed, before min_area counts; 0 keeps every component")
 
 
 class TuneConfig(_Section):
@@ -453,6 +474,9 @@ class Config(_Section):
                               "(model.in_channels=3); use 'seismic' for grey images")
         if self.task == "multiclass" and self.eval.min_area:
             raise ConfigError("bad value for 'eval.min_area': it empties small binary predictions; multiclass "
+                              "runs take the argmax, set it to 0")
+        if self.task == "multiclass" and self.eval.min_component:
+            raise ConfigError("bad value for 'eval.min_component': it removes small binary components; multiclass "
                               "runs take the argmax, set it to 0")
         return self
 

@@ -140,12 +140,18 @@ def _describe_failure(rows: list[dict[str, Any]], atol: float) -> str:
 
 def _metadata(predictor: Any, checkpoint: Path, which: str, example: tuple[int, int]) -> dict[str, str]:
     config = predictor.config
+    point = predictor.operating_point  # the run's saved operating point, when it is for this checkpoint
     return {
         "unetlab_version": __version__,
         "model": str(config.model.name),
         "checkpoint": which if Path(checkpoint).name == f"{which}.pt" else Path(checkpoint).name,
         "threshold": repr(float(predictor.threshold)),
-        "min_area": str(int(config.eval.min_area)),
+        "min_area": str(int(predictor.min_area)),
+        "min_component": str(int(predictor.min_component)),
+        "criterion": "none" if point is None else str(point["criterion"]),
+        "operating_point": ("none: the checkpoint's threshold and the config's eval rules" if point is None else
+                            f"{point['criterion']}, chosen on {point.get('split')} of {point.get('data')} "
+                            f"({point.get('images')} images)"),
         "mean": json.dumps([float(v) for v in predictor.mean]),
         "std": json.dumps([float(v) for v in predictor.std]),
         "sizing": predictor.sizing.mode,
@@ -156,8 +162,8 @@ def _metadata(predictor: Any, checkpoint: Path, which: str, example: tuple[int, 
                        "than input_size unchanged) or bilinear-resize (sizing=resize) to input_size; "
                        "x = (x - mean) / std per channel"),
         "postprocess": ("p = sigmoid(logits); undo the padding (crop) or resize bilinearly back to the "
-                        "original size; mask = p > threshold; a mask with fewer than min_area "
-                        "pixels becomes empty"),
+                        "original size; mask = p > threshold; remove the mask's 8-connected components of fewer "
+                        "than min_component pixels; a mask left with fewer than min_area pixels becomes empty"),
         "traced_at": f"{example[0]}x{example[1]}",
         "config": config.to_yaml(),
     }

@@ -8,6 +8,7 @@
       events.out.tfevents.*  TensorBoard
       checkpoints/{best,last}.pt
       evaluation/<checkpoint>-<split>.json
+      operating-point.json   the threshold and image rules `evaluate --choose C --save` chose, for one checkpoint
       figures/*.png
       export/model.onnx, model.ts.pt
       report.md
@@ -19,11 +20,13 @@ these files; every write goes through `unetlab.files` (temporary name, then rena
 from __future__ import annotations
 
 import csv
+import json
 import math
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from unetlab.data.download import sha256_of
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.errors import UnetlabError
 from unetlab.files import atomic_write_text, csv_text, remove_stale_temporaries
@@ -45,6 +48,9 @@ class RunFolder:
     EVALUATION = "evaluation"
     FIGURES = "figures"
     EXPORT = "export"
+    OPERATING_POINT = "operating-point.json"
+    #: Keys an operating-point.json must hold (what `Predictor.load` decodes with, and what it was chosen for).
+    OPERATING_POINT_KEYS = ("threshold", "min_area", "min_component", "criterion", "checkpoint", "checkpoint_sha256")
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -129,6 +135,52 @@ class RunFolder:
 
     def export_path(self, name: str) -> Path:
         return self.path / self.EXPORT / name
+
+    @property
+    def operating_point_path(self) -> Path:
+        return self.path / self.OPERATING_POINT
+
+    # ------------------------------------------------------------------ operating point
+
+    @staticmethod
+    def checkpoint_digest(checkpoint: str | Path) -> str:
+        """SHA-256 of a checkpoint file: what an operating point was chosen for (a rewritten best.pt differs)."""
+        return sha256_of(Path(checkpoint))
+
+    def write_operating_point(self, point: dict[str, Any]) -> Path:
+        """operating-point.json (atomically): `point` must hold OPERATING_POINT_KEYS; a timestamp is added."""
+        missing = [key for key in self.OPERATING_POINT_KEYS if key not in point]
+        if missing:
+            raise ValueError(f"operating point lacks {', '.join(missing)}")
+        stamped = {**point, "written": datetime.now().astimezone().isoformat(timespec="seconds")}
+        return atomic_write_text(self.operating_point_path, json.dumps(stamped, indent=1) + "\n")
+
+    def operating_point_for(self, checkpoint: str | Path) -> dict[str, Any] | None:
+        """The saved operating point when it was chosen for this very checkpoint file (same SHA-256), else None."""
+        point = self.read_operating_point()
+        if point is None or point["checkpoint_sha256"] != self.checkpoint_digest(checkpoint):
+            return None
+        return point
+
+    def read_operating_point(self) -> dict[str, Any] | None:
+        """The saved operating point, or None when the run has none; an unreadable file is refused."""
+        path = self.operating_point_path
+        if not path.is_file():
+            return None
+        fix = "delete it, or choose again with `unetlab evaluate RUN --data DIR --choose CRITERION --save`"
+        try:
+            point = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UnetlabError(f"{path}: cannot read it ({type(exc).__name__}); {fix}") from None
+        missing = [key for key in self.OPERATING_POINT_KEYS if not isinstance(point, dict) or key not in point]
+        if missing:
+            raise UnetlabError(f"{path}: not an operating point (no {', '.join(missing)}); {fix}")
+        if not (isinstance(point["threshold"], (int, float)) and 0.0 < point["threshold"] < 1.0) or any(
+                isinstance(point[k], bool) or not isinstance(point[k], int) or point[k] < 0
+                for k in ("min_area", "min_component")):
+            raise UnetlabError(f"{path}: threshold must lie in (0, 1) and min_area, min_component be counts >= 0; "
+                               f"{fix}")
+        return point
 
     # ------------------------------------------------------------------ config
 

@@ -16,7 +16,8 @@ import torch
 
 from unetlab.data.dataset import ArrayDataset
 from unetlab.data.splits import coverage_classes, dominant_class_strata
-from unetlab.metrics import BinarySegmentationMetrics, MulticlassSegmentationMetrics, drop_small_predictions
+from unetlab.metrics import (BinarySegmentationMetrics, MulticlassSegmentationMetrics, drop_small_predictions,
+                             remove_small_components)
 
 Palette = list[tuple[int, int, int]]  # one (r, g, b) per class, as `ArrayDataset.palette`
 
@@ -30,32 +31,37 @@ def _checked_palette(palette: Palette | None, class_names: list[str]) -> Palette
 
 
 class BinaryTask:
-    """One logit per pixel; probability = sigmoid; foreground where probability > threshold, and none
-    at all in an image that would predict fewer than `min_area` foreground pixels."""
+    """One logit per pixel; probability = sigmoid; foreground where probability > threshold, then (in this
+    order) without its connected components (8-connected) of fewer than `min_component` pixels, and none
+    at all in an image left with fewer than `min_area` foreground pixels. The metrics accumulator applies
+    the same rules in the same order, so validation, `evaluate` and `predict` agree."""
 
     name = "binary"
     summary_keys = ("val/iou", "val/tgs_map")
     strata_name = "salt coverage"
 
     def __init__(self, class_names: list[str] | None = None, threshold: float = 0.5, min_area: int = 0,
-                 palette: Palette | None = None):
+                 palette: Palette | None = None, min_component: int = 0):
         self.class_names = list(class_names or ["background", "salt"])
         self.palette = _checked_palette(palette, self.class_names)
         self.threshold = threshold
         self.min_area = min_area
+        self.min_component = min_component
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) float32 foreground probabilities."""
         return torch.sigmoid(logits.float())
 
-    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None
-               ) -> torch.Tensor:
-        """(N, H, W) uint8 labels: 1 where probability > threshold, in images with at least min_area such pixels."""
+    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None,
+               min_component: int | None = None) -> torch.Tensor:
+        """(N, H, W) uint8 labels: 1 where probability > threshold, less the components of fewer than
+        min_component pixels, in images left with at least min_area such pixels (each defaults to the task's)."""
         pred = probs[:, 0] > (self.threshold if threshold is None else threshold)
+        pred = remove_small_components(pred, self.min_component if min_component is None else min_component)
         return drop_small_predictions(pred, self.min_area if min_area is None else min_area).to(torch.uint8)
 
     def new_metrics(self) -> BinarySegmentationMetrics:
-        return BinarySegmentationMetrics(self.threshold, self.min_area)
+        return BinarySegmentationMetrics(self.threshold, self.min_area, self.min_component)
 
     def update_metrics(self, metrics: Any, probs: torch.Tensor, truth: torch.Tensor,
                        valid: torch.Tensor | None = None) -> None:
@@ -73,7 +79,7 @@ class MulticlassTask:
     strata_name = "dominant class"
 
     def __init__(self, class_names: list[str], threshold: float = 0.5, min_area: int = 0,
-                 palette: Palette | None = None):
+                 palette: Palette | None = None, min_component: int = 0):
         self.class_names = list(class_names)
         self.palette = _checked_palette(palette, self.class_names)
         self.threshold = threshold  # unused: argmax decides (min_area too: the config refuses it here)
@@ -82,8 +88,8 @@ class MulticlassTask:
         """(N, C, H, W) float32 class probabilities."""
         return torch.softmax(logits.float(), dim=1)
 
-    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None
-               ) -> torch.Tensor:
+    def decode(self, probs: torch.Tensor, threshold: float | None = None, min_area: int | None = None,
+               min_component: int | None = None) -> torch.Tensor:
         """(N, H, W) uint8 class indices."""
         return probs.argmax(dim=1).to(torch.uint8)
 
@@ -102,7 +108,7 @@ TASKS: dict[str, Callable[..., BinaryTask | MulticlassTask]] = {"binary": Binary
 
 
 def build_task(name: str, class_names: list[str] | None, threshold: float = 0.5, min_area: int = 0,
-               palette: Palette | None = None) -> BinaryTask | MulticlassTask:
+               palette: Palette | None = None, min_component: int = 0) -> BinaryTask | MulticlassTask:
     if name == "multiclass" and not class_names:
         raise ValueError("task multiclass needs the class names of the data")
-    return TASKS[name](class_names, threshold, min_area, palette)
+    return TASKS[name](class_names, threshold, min_area, palette, min_component)

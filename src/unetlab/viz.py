@@ -49,6 +49,9 @@ __all__ = [
     "save_band_curves",
     "save_pr_curves",
     "save_variant_predictions",
+    "error_map",
+    "save_error_gallery",
+    "save_confusion_matrix",
 ]
 
 DPI = 100
@@ -952,3 +955,195 @@ def _variant_truth(ax, image: np.ndarray, truth: np.ndarray | None, palette: np.
         ax.imshow(colorize_labels(truth, palette, ignore_index), interpolation="nearest")
     else:
         ax.imshow(_as_mask(truth, image.shape, "truth"), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+
+
+# --------------------------------------------------------------------------- evaluation diagnostics
+
+# Error maps: correct pixels black and white as in a binary truth column, the two kinds of error in a
+# colour-blind-safe pair (orange / blue), ignored pixels mid grey; label maps: correct white, wrong red.
+ERROR_COLORS = {"true negative": (0, 0, 0), "true positive": (255, 255, 255), "false positive": (255, 140, 0),
+                "false negative": (30, 144, 255), "ignored": (128, 128, 128)}
+LABEL_ERROR_COLORS = {"correct": (255, 255, 255), "wrong": (214, 39, 40), "ignored": (128, 128, 128)}
+_GALLERY_TITLES = ("image", "ground truth", "prediction", "errors")
+
+
+def error_map(truth: np.ndarray, prediction: np.ndarray, valid: np.ndarray | None = None,
+              labels: bool = False) -> np.ndarray:
+    """RGB uint8 (H, W, 3) of where a prediction is right and wrong.
+
+    Binary masks (``labels`` False; bool, 0/1 or 0/255): :data:`ERROR_COLORS`, false positives orange and
+    false negatives blue on black (true negative) and white (true positive). Class-index maps (``labels``
+    True): :data:`LABEL_ERROR_COLORS`, wrong pixels red on white. Pixels outside ``valid`` are grey in both.
+    """
+    if labels:
+        t, p = np.asarray(truth), np.asarray(prediction)
+        if t.ndim != 2 or p.shape != t.shape:
+            raise ValueError(f"truth {t.shape} and prediction {p.shape} must be label maps (H, W) of one size")
+        kinds, colours = {"correct": t == p, "wrong": t != p}, LABEL_ERROR_COLORS
+    else:
+        t = _as_mask(truth, what="truth")
+        p = _as_mask(prediction, t.shape, "prediction")
+        kinds = {"true negative": ~t & ~p, "true positive": t & p, "false positive": ~t & p, "false negative": t & ~p}
+        colours = ERROR_COLORS
+    kinds["ignored"] = np.zeros(t.shape, bool) if valid is None else ~_as_mask(valid, t.shape, "valid")
+    out = np.zeros(t.shape + (3,), dtype=np.uint8)
+    for kind, where in kinds.items():  # ignored last, so it wins
+        out[where] = colours[kind]
+    return out
+
+
+def _gallery_truth(ax, image: np.ndarray, truth: np.ndarray, valid: np.ndarray | None,
+                   palette: np.ndarray | None) -> None:
+    if palette is None:
+        rgb = np.where(_as_mask(truth, image.shape, "truth")[..., None], 255, 0).repeat(3, axis=2).astype(np.uint8)
+        ignored_colour = ERROR_COLORS["ignored"]
+    else:
+        rgb, ignored_colour = colorize_labels(truth, palette), IGNORE_COLOR
+    if valid is not None:
+        rgb[~_as_mask(valid, image.shape, "valid")] = ignored_colour
+    ax.imshow(rgb, interpolation="nearest")
+
+
+def _gallery_legend(fig: Figure, class_names: Sequence[str] | None, palette: np.ndarray | None,
+                    ncols: int) -> None:
+    from matplotlib.patches import Patch
+
+    if palette is None:
+        entries = [(f"{kind} (errors)" if kind == "ignored" else kind, colour) for kind, colour in ERROR_COLORS.items()]
+    else:
+        entries = [*zip(class_names, palette), ("ignored (truth)", IGNORE_COLOR),
+                   *((f"{kind} (errors)", colour) for kind, colour in LABEL_ERROR_COLORS.items())]
+    handles = [Patch(facecolor=np.asarray(c, dtype=np.float64) / 255.0, edgecolor="0.6", label=str(name))
+               for name, c in entries]
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncols=ncols, fontsize=8,
+               frameon=False, handlelength=1.2, columnspacing=1.0)
+
+
+def save_error_gallery(
+    path: str | os.PathLike,
+    rows: Sequence[Mapping],
+    title: str | None = None,
+    class_names: Sequence[str] | None = None,
+    palette: Sequence[Sequence[int]] | np.ndarray | None = None,
+) -> Path:
+    """The worst images of an evaluation: one row per image, columns image | ground truth | prediction |
+    errors (:func:`error_map`), a legend of the colours below.
+
+    Each row: ``{'image': arr, 'truth': mask, 'prediction': mask, 'valid': optional bool (H, W) of the pixels
+    that count, 'label': optional str}``. Binary (no ``class_names``): the truth white on black, the
+    prediction as in :func:`save_prediction_grid` (red area, green truth contour). Multiclass
+    (``class_names`` given): class-index maps in :func:`label_palette` colours, ignored truth pixels black.
+    """
+    from dataclasses import replace
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError("save_error_gallery needs at least one row")
+    pal = None if class_names is None else label_palette(len(class_names), palette)
+    labels = [_wrap_label(r["label"]) if r.get("label") else "" for r in rows]
+    layout = _grid_layout(rows, _GALLERY_TITLES, labels, title)
+    entries = len(ERROR_COLORS) if pal is None else len(pal) + 1 + len(LABEL_ERROR_COLORS)
+    ncols = min(entries, 5)
+    layout = replace(layout, fig_h=layout.fig_h + 0.1 + 0.22 * math.ceil(entries / ncols))  # room for the legend
+    fig = Figure(figsize=(layout.fig_w, layout.fig_h))
+    for i, row in enumerate(rows):
+        img = _as_image(row["image"])
+        truth, pred, valid = np.asarray(row["truth"]), np.asarray(row["prediction"]), row.get("valid")
+        axes = [fig.add_axes(layout.cell_box(i, j)) for j in range(len(_GALLERY_TITLES))]
+        for j, ax in enumerate(axes):
+            _plain(ax)
+            if i == 0:
+                ax.set_title(_GALLERY_TITLES[j], fontsize=9)
+        _show_image(axes[0], img, layout.cell_px)
+        _gallery_truth(axes[1], img, truth, valid, pal)
+        if pal is None:
+            _grid_prediction(axes[2], _GridRow.of({"image": img, "truth": truth, "prediction": pred}), layout.cell_px)
+        else:
+            axes[2].imshow(colorize_labels(pred, pal), interpolation="nearest")
+        axes[3].imshow(error_map(truth, pred, valid, labels=pal is not None), interpolation="nearest")
+        if labels[i]:
+            axes[0].text(-0.08 / layout.cell_w, 0.5, labels[i], ha="right", va="center", fontsize=8,
+                         transform=axes[0].transAxes)
+    _gallery_legend(fig, class_names, pal, ncols)
+    if title:
+        fig.suptitle(title, fontsize=11, y=1.0 - 0.08 / layout.fig_h, va="top")
+    return _save_figure(fig, path)
+
+
+def save_confusion_matrix(
+    path: str | os.PathLike,
+    confusion: np.ndarray,
+    class_names: Sequence[str],
+    title: str | None = None,
+    annotate_up_to: int = 15,
+) -> Path:
+    """A (C, C) confusion matrix of pixel counts (rows = true class, columns = predicted), each row divided by
+    its total: cell (i, j) is the share of class i's pixels predicted as j, the diagonal is each class's
+    recall. A class absent from the truth is a grey row. With at most ``annotate_up_to`` classes every cell
+    shows its share in percent."""
+    from matplotlib import colormaps
+
+    cm = np.asarray(confusion, dtype=np.float64)
+    names = [str(n) for n in class_names]
+    if cm.ndim != 2 or cm.shape != (len(names), len(names)):
+        raise ValueError(f"confusion must be ({len(names)}, {len(names)}) for {len(names)} class names, got {cm.shape}")
+    if not np.all(np.isfinite(cm)) or np.any(cm < 0):
+        raise ValueError("confusion must hold non-negative pixel counts")
+    totals = cm.sum(axis=1, keepdims=True)
+    shares = np.divide(cm, totals, out=np.full_like(cm, np.nan), where=totals > 0)
+    c = len(names)
+    side = float(np.clip(0.45 * c + 2.5, 4.0, 14.0))
+    fig = Figure(figsize=(side + 1.2, side), layout="constrained")
+    ax = fig.subplots()
+    shown = ax.imshow(np.ma.masked_invalid(shares), cmap=colormaps["Blues"].with_extremes(bad="0.85"), vmin=0.0,
+                      vmax=1.0, interpolation="nearest")
+    ax.set_xticks(range(c), names, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(c), names, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if c <= annotate_up_to:
+        for (i, j), share in np.ndenumerate(shares):
+            text = "-" if np.isnan(share) else "<1%" if 0 < share < 0.005 else f"{share:.0%}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if c > 8 else 9,
+                    color="white" if share > 0.5 else "0.15")
+    cb = fig.colorbar(shown, ax=ax, shrink=0.8)
+    cb.set_label("share of the true class's pixels", fontsize=8)
+    cb.ax.tick_params(labelsize=7)
+    ax.set_title(title or "confusion matrix (rows normalised)", fontsize=10)
+    return _save_figure(fig, path)
+
+
+def save_metrics_against_threshold(
+    path: str | os.PathLike,
+    thresholds: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    marks: Sequence[tuple[str, float]] = (),
+    title: str = "salt pixels and TGS metric against the threshold",
+) -> Path:
+    """Each of `curves` (name -> one value per threshold, e.g. precision, recall, F1, IoU, TGS metric) against
+    the probability threshold, and a dashed vertical line at each chosen threshold of ``(label, threshold)``
+    `marks`, labelled (labels of one threshold joined). NaN points are skipped."""
+    t = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    fig = Figure(figsize=(7.0, 4.4), layout="constrained")
+    ax = fig.subplots()
+    for n, (name, values) in enumerate(curves.items()):
+        v = np.asarray(values, dtype=np.float64).reshape(-1)
+        if v.shape != t.shape:
+            raise ValueError(f"{name} has {v.size} values but there are {t.size} thresholds")
+        ok = np.isfinite(v) & np.isfinite(t)
+        ax.plot(t[ok], v[ok], color=f"C{n % 10}", linewidth=1.5, label=name)
+    by_threshold: dict[float, list[str]] = {}
+    for label, threshold in marks:
+        by_threshold.setdefault(float(threshold), []).append(label)
+    for threshold, labels in sorted(by_threshold.items()):
+        ax.axvline(threshold, color="0.25", linestyle="--", linewidth=1.0)
+        ax.text(threshold, 0.02, f" {', '.join(labels)} ({threshold:g})", rotation=90, fontsize=7,
+                va="bottom", ha="right", color="0.15")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("probability threshold")
+    ax.set_ylabel("score")
+    ax.set_title(title, fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+    return _save_figure(fig, path)

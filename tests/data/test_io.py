@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from unetlab.data.io import read_binary_mask, read_grey, save_png
+from unetlab.data.io import read_binary_mask, read_grey, read_image, save_png
 from unetlab.errors import DataError
 
 RNG = np.random.default_rng(0)
@@ -256,3 +256,108 @@ def test_save_png_non_contiguous_input(tmp_path):
     view = GREY[:, ::2]
     path = save_png(tmp_path / "v.png", view)
     np.testing.assert_array_equal(read_grey(path), view)
+
+
+def test_save_png_16bit_round_trip(tmp_path):
+    values = np.array([[0, 1, 65535], [32768, 255, 4096]], dtype=np.uint16)
+    path = save_png(tmp_path / "p16.png", values)
+    assert Image.open(path).mode.startswith("I;16")
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), values)
+
+
+# ----------------------------------------------------------------------------- read_image: TIFF, BigTIFF, NPY
+
+
+def _expected_uint8(array: np.ndarray) -> np.ndarray:
+    """The documented rule, computed directly: integers from [min(0, min), max], floats min-max (NaN, inf as 0)."""
+    values = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low = min(values.min(), 0.0) if array.dtype.kind in "ui" else values.min()
+    top = max(values.max() - low, 1.0 if array.dtype.kind in "ui" else 1e-12)
+    return ((values - low) / top * 255.0).round().astype(np.uint8)
+
+
+WIDE = {
+    "uint16": RNG.integers(0, 65536, (9, 7)).astype(np.uint16),
+    "int32": RNG.integers(-70000, 900000, (9, 7)).astype(np.int32),
+    "uint32": RNG.integers(0, 2**32 - 1, (9, 7), dtype=np.uint64).astype(np.uint32),
+    "float32": (RNG.normal(size=(9, 7)) * 300).astype(np.float32),
+    "float64 unit": RNG.random((9, 7)),
+}
+
+
+@pytest.mark.parametrize("name", list(WIDE))
+def test_read_image_wide_tiff_and_npy_follow_one_rule(tmp_path, name):
+    import tifffile
+
+    array = WIDE[name]
+    tifffile.imwrite(tmp_path / "a.tif", array)
+    tifffile.imwrite(tmp_path / "big.tif", array, bigtiff=True)
+    np.save(tmp_path / "a.npy", array)
+    expected = _expected_uint8(array)
+    for file in ("a.tif", "big.tif", "a.npy"):
+        for channels in (None, 1):
+            out = read_image(tmp_path / file, channels=channels)
+            assert out.dtype == np.uint8 and out.flags.c_contiguous, file
+            np.testing.assert_array_equal(out, expected, err_msg=f"{file} channels={channels}")
+
+
+def test_float_nan_and_infinity_count_as_zero(tmp_path):
+    array = np.array([[np.nan, 2.0], [np.inf, 4.0], [-np.inf, -1.0]], np.float32)
+    np.save(tmp_path / "f.npy", array)
+    np.testing.assert_array_equal(read_image(tmp_path / "f.npy"), [[51, 153], [51, 255], [51, 0]])
+
+
+def test_scaling_in_row_bands_equals_one_pass(monkeypatch):
+    from unetlab.data import io as image_io
+
+    bands = image_io._row_bands
+    monkeypatch.setattr(image_io, "_row_bands", lambda array: bands(array, elements=10))  # 1-2 rows per band
+    for array in (WIDE["int32"], WIDE["float32"], np.where(RNG.random((9, 7)) < 0.2, np.nan, WIDE["float32"])):
+        np.testing.assert_array_equal(image_io._scale_to_uint8(array), _expected_uint8(array))
+
+
+def test_read_image_npy_channels(tmp_path):
+    rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    np.save(tmp_path / "rgb.npy", rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.npy"), rgb)
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.npy", channels=3), rgb)
+    luma = np.asarray(Image.fromarray(rgb).convert("L"))  # the same luminance as read_grey's for RGB files
+    np.testing.assert_array_equal(read_image(tmp_path / "rgb.npy", channels=1), luma)
+    np.save(tmp_path / "one.npy", GREY[..., None])
+    np.testing.assert_array_equal(read_image(tmp_path / "one.npy"), GREY)
+    bands = RNG.integers(0, 256, (6, 5, 6), dtype=np.uint8)
+    np.save(tmp_path / "six.npy", bands)
+    np.testing.assert_array_equal(read_image(tmp_path / "six.npy"), bands)
+    with pytest.raises(DataError, match="six.npy.*6 channels"):
+        read_image(tmp_path / "six.npy", channels=1)
+    with pytest.raises(DataError, match="six.npy.*6 channel"):
+        read_image(tmp_path / "six.npy", channels=3)
+
+
+def test_read_image_rgb_tiff_as_grey_matches_read_grey_of_the_png(tmp_path):
+    import tifffile
+
+    rgb = RNG.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "c.tif", rgb, photometric="rgb")
+    Image.fromarray(rgb).save(tmp_path / "c.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "c.tif", channels=1), read_grey(tmp_path / "c.png"))
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\x93NUMPY\x01\x00garbage", "cannot read .npy"),
+    (None, "holds object"),
+    (np.zeros((2, 3, 4, 5), np.uint8), "shape (2, 3, 4, 5)"),
+    (b"II*\x00" + bytes(20), "cannot decode TIFF"),
+])
+def test_unreadable_npy_and_tiff_are_one_line_data_errors(tmp_path, content, needle):
+    path = tmp_path / "bad.npy"
+    if content is None:
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        np.save(path, content)
+    with pytest.raises(DataError) as info:
+        read_image(path)
+    message = str(info.value)
+    assert str(path) in message and needle in message and "\n" not in message

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from run_fixtures import assert_one_line_error, run_cli, tiny_config
+from run_fixtures import assert_one_line_error, run_cli, tiny_config, write_multiclass_folder
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.trainer import train
 from unetlab.errors import ConfigError
@@ -22,23 +22,8 @@ IGNORE = 255
 
 @pytest.fixture(scope="module")
 def multiclass_dir(tmp_path_factory) -> Path:
-    """12 grey 40x48 images: class 1 = bright squares, class 2 = dark stripes, 0 = rest; a 255 border."""
-    root = tmp_path_factory.mktemp("multiclass") / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(12):
-        mask = np.zeros((40, 48), np.uint8)
-        y, x = rng.integers(2, 22, size=2)
-        mask[y : y + 14, x : x + 14] = 1
-        mask[:, (k % 4) * 10 + 3 : (k % 4) * 10 + 7] = 2
-        image = np.full(mask.shape, 120, np.uint8)
-        image[mask == 1], image[mask == 2] = 220, 30
-        image = np.clip(image + rng.normal(0, 10, mask.shape), 0, 255).astype(np.uint8)
-        mask[0, :] = IGNORE  # unlabelled border row, like VOC's boundary
-        Image.fromarray(image).save(root / "images" / f"img{k:02d}.png")
-        Image.fromarray(mask).save(root / "masks" / f"img{k:02d}.png")
-    return root
+    """12 noisy grey 40x48 images: class 1 = bright squares, class 2 = dark stripes, 0 = rest; a 255 top row."""
+    return write_multiclass_folder(tmp_path_factory.mktemp("multiclass") / "data", count=12, shape=(40, 48), noise=10)
 
 
 def _config(*extra: str):

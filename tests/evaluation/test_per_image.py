@@ -7,9 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from run_fixtures import tiny_config
+from run_fixtures import multiclass_config
 from unetlab.evaluation import evaluate
 from unetlab.evaluation.evaluate import result_json
 from unetlab.metrics import micro_scores, multiclass_scores
@@ -42,35 +41,13 @@ def test_result_json_keeps_per_image_lists_on_one_line():
     assert json.loads(result_json({"a": [1]})) == {"a": [1]}
 
 
-@pytest.fixture(scope="module")
-def multiclass_dir(tmp_path_factory):
-    """8 grey 32x32 images: a bright square is class 1, a dark stripe class 2; an ignored (255) top row."""
-    root = tmp_path_factory.mktemp("mc") / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(8):
-        mask = np.zeros((32, 32), np.uint8)
-        y, x = rng.integers(2, 18, size=2)
-        mask[y : y + 10, x : x + 10] = 1
-        mask[:, (k % 4) * 6 + 2 : (k % 4) * 6 + 5] = 2
-        image = np.full(mask.shape, 120, np.uint8)
-        image[mask == 1], image[mask == 2] = 220, 30
-        mask[0, :] = 255
-        Image.fromarray(image).save(root / "images" / f"img{k}.png")
-        Image.fromarray(mask).save(root / "masks" / f"img{k}.png")
-    return root
-
-
-def test_multiclass_per_image_confusions_sum_to_the_metrics(multiclass_dir, tmp_path):
+def test_multiclass_per_image_confusions_sum_to_the_metrics(multiclass_data, tmp_path):
     from unetlab.api import train
 
-    config = tiny_config("task=multiclass", "model.classes=3", "data.format=folders",
-                         "data.options={num_classes: 3, ignore_index: 255}", "data.input_size=32", "data.cache=false",
-                         "train.epochs=1", "train.monitor=val/miou", "train.monitor_mode=max")
+    config = multiclass_config("data.input_size=32", "train.epochs=1")
     run = tmp_path / "run"
-    train(config, data_root=multiclass_dir, run_dir=run, progress=False, evaluate_after=False, log=lambda _: None)
-    evaluate(run, multiclass_dir, log=lambda _: None)
+    train(config, data_root=multiclass_data, run_dir=run, progress=False, evaluate_after=False, log=lambda _: None)
+    evaluate(run, multiclass_data, log=lambda _: None)
     saved = json.loads((run / "evaluation" / "best-val.json").read_text())
     per = saved["per_image"]
     confusions = np.array(per["confusion"], dtype=np.int64)

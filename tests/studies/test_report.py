@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from run_fixtures import tiny_config
+from run_fixtures import multiclass_config, tiny_config
 from unetlab.studies.report import (NO_DIFFERENCE, OPTIMISTIC, build_report, cell_dir, metric_function,
                                     operating_point, paired_bootstrap)
 
@@ -157,39 +157,17 @@ def test_operating_points_follow_their_criteria():
     assert operating_point({**sweep, "recall": sweep["recall"] * 0.5}, "recall >= 0.95") is None
 
 
-def _write_multiclass(root: Path) -> Path:
-    """8 grey 32x32 images: a bright square is class 1, a dark stripe class 2; an ignored (255) top row."""
-    from PIL import Image
-
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for k in range(8):
-        mask = np.zeros((32, 32), np.uint8)
-        y, x = rng.integers(2, 18, size=2)
-        mask[y : y + 10, x : x + 10] = 1
-        mask[:, (k % 4) * 6 + 2 : (k % 4) * 6 + 5] = 2
-        image = np.full(mask.shape, 120, np.uint8)
-        image[mask == 1], image[mask == 2] = 220, 30
-        mask[0, :] = 255
-        Image.fromarray(image).save(root / "images" / f"img{k}.png")
-        Image.fromarray(mask).save(root / "masks" / f"img{k}.png")
-    return root
-
-
-def test_multiclass_study_reports_miou(tmp_path):
+def test_multiclass_study_reports_miou(multiclass_data, tmp_path):
     from unetlab.api import train
     from unetlab.evaluation import evaluate
 
-    data = _write_multiclass(tmp_path / "data")
+    data = multiclass_data
     study = tmp_path / "study"
     variants = {"base": [], "wide": ["model.base_width=6"]}
     for variant, overrides in variants.items():
         split = [f"data.split_file={study / 'split.json'}"] if (study / "split.json").is_file() else []
         run = cell_dir(study, variant, 0)
-        config = tiny_config("task=multiclass", "model.classes=3", "data.format=folders", "data.input_size=32",
-                             "data.options={num_classes: 3, ignore_index: 255}", "data.cache=false", "train.epochs=1",
-                             "train.monitor=val/miou", "train.monitor_mode=max", *overrides, *split)
+        config = multiclass_config("data.input_size=32", "train.epochs=1", *overrides, *split)
         train(config, data_root=data, run_dir=run, progress=False, evaluate_after=False, log=lambda _: None)
         if not split:
             shutil.copyfile(run / "split.json", study / "split.json")

@@ -1,7 +1,15 @@
 """Reading and writing image files, with the errors a user can act on.
 
-Files are decoded by content (Pillow sniffs the format), never by extension. Grey data stored as
-RGB with identical channels (TGS) is reduced to one channel; 16-bit masks keep their values.
+Files are decoded by content (Pillow sniffs the format; TIFF, BigTIFF included, goes to tifffile and
+NumPy's .npy to numpy by their magic bytes), never by extension. Grey data stored as RGB with
+identical channels (TGS) is reduced to one channel; 16-bit masks keep their values.
+
+Images become uint8, the range every model is trained on (`data/tensors.py` divides by 255), by one
+rule, `_scale_to_uint8`, for training and prediction alike: uint8 as stored; bool 0/255; wider
+integers (16/32-bit, signed too) linearly from [min(0, image min), image max] to [0, 255]; floats
+min-max per image to [0, 255], NaN and infinities counted as 0. The scale is per image: a 16-bit
+image that only uses 0..4095 is stretched to the full range (scale amplitudes yourself when the
+absolute level matters, and keep training and prediction files alike).
 """
 
 from __future__ import annotations
@@ -21,6 +29,9 @@ def _open(path: Path) -> Image.Image:
         image.load()
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: more pixels than Pillow opens safely ({Image.MAX_IMAGE_PIXELS * 2}); "
+                        "save very large images as TIFF or .npy") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); the file is corrupt "
                         "or not an image: replace or remove it") from None
@@ -77,17 +88,37 @@ def save_png(path: str | Path, array: np.ndarray) -> Path:
 
 # --- multi-channel images and class-index masks (used by unetlab.data.formats) ----------------------
 
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic TIFF and BigTIFF, either byte order
+_NPY_MAGIC = b"\x93NUMPY"
 
 
-def _is_tiff(path: Path) -> bool:
+def _head(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
-            return handle.read(4) in _TIFF_MAGIC
+            return handle.read(len(_NPY_MAGIC))
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.__class__.__name__}); check its permissions") from None
+
+
+def _is_tiff(path: Path) -> bool:
+    return _head(path)[:4] in _TIFF_MAGIC
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A NumPy .npy image (H, W) or (H, W, C) of numbers, memory-mapped (read as it is scaled)."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # truncated header or data, pickled objects, ...
+        raise DataError(f"{path}: cannot read .npy ({exc.__class__.__name__}); the file is corrupt or holds "
+                        "objects: save the image with numpy.save") from None
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or array.dtype.kind not in "buif":
+        raise DataError(f"{path}: .npy holds {array.dtype} of shape {array.shape}; expected one image of numbers, "
+                        "(H, W) or (H, W, C)")
+    return array
 
 
 def _read_tiff(path: Path) -> np.ndarray:
@@ -119,36 +150,72 @@ def _read_tiff(path: Path) -> np.ndarray:
     return array
 
 
+def _row_bands(array: np.ndarray, elements: int = 1 << 22) -> list[slice]:
+    """Row slices of about `elements` values each: float64 temporaries stay small for huge images."""
+    rows = max(1, elements // max(array[:1].size, 1))
+    return [slice(start, start + rows) for start in range(0, array.shape[0], rows)]
+
+
+def _as_float(block: np.ndarray) -> np.ndarray:
+    return np.nan_to_num(block.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+
 def _scale_to_uint8(array: np.ndarray) -> np.ndarray:
-    """uint8 unchanged; bool -> 0/255; wider integers scaled by the image's maximum; floats min-max scaled."""
+    """uint8 unchanged; bool -> 0/255; wider integers from [min(0, min), max] and floats min-max (NaN and
+    infinities as 0) linearly to 0..255, rounded; computed in row bands (see the module docstring)."""
     if array.dtype == np.uint8:
         return array
     if array.dtype == bool:
         return array.astype(np.uint8) * 255
+    if array.dtype.kind not in "uif":
+        raise DataError(f"unsupported pixel type {array.dtype}")
+    out = np.empty(array.shape, np.uint8)
+    if not array.size:
+        return out
+    bands = _row_bands(array)
     if array.dtype.kind in "ui":
-        low = min(int(array.min()), 0) if array.size else 0
-        top = max(float(array.max()) - low, 1.0) if array.size else 1.0
-        return ((array.astype(np.float64) - low) / top * 255.0).round().astype(np.uint8)
-    if array.dtype.kind == "f":
-        finite = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        return ((finite - low) / max(high - low, 1e-12) * 255.0).round().astype(np.uint8)
-    raise DataError(f"unsupported pixel type {array.dtype}")
+        low = min(int(array.min()), 0)
+        scale = max(float(array.max()) - low, 1.0)
+    else:
+        lows, highs = zip(*((float(b.min()), float(b.max())) for b in (_as_float(array[rows]) for rows in bands)))
+        low, scale = min(lows), max(max(highs) - min(lows), 1e-12)
+    for rows in bands:
+        out[rows] = ((_as_float(array[rows]) - low) / scale * 255.0).round()
+    return out
+
+
+def _grey(array: np.ndarray, path: Path) -> np.ndarray:
+    """uint8 (H, W[, C]) -> (H, W) by `read_grey`'s rules: grey kept, alpha dropped, grey stored as colour
+    taken exactly, colour as luminance (Pillow's ITU-R 601-2, as `read_grey`)."""
+    if array.ndim == 2:
+        return array
+    if array.shape[-1] <= 2:  # grey, or grey + alpha
+        return array[..., 0]
+    rgb = array[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0]
+    if array.shape[-1] > 4:
+        raise DataError(f"{path}: image has {array.shape[-1]} channels, the model takes 1 (grey); convert the "
+                        "file or predict with a model of that many input channels")
+    return np.asarray(Image.fromarray(np.ascontiguousarray(rgb)).convert("L"))
 
 
 def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
     """Read an image as uint8 (H, W) or (H, W, C), keeping its channels, decoded by content.
 
-    Grey (+alpha) -> (H, W); RGB(A), palette, CMYK, YCbCr -> (H, W, 3) (alpha dropped); TIFF
-    (tifffile) keeps every sample, so multi-band images stay (H, W, C). 16-bit and wider integers
-    are scaled by the image's maximum (as `read_grey` does), floats min-max. `channels=3` returns
-    RGB (grey is repeated), `channels=1` grey via `read_grey`'s rules; other counts must match.
+    Grey (+alpha) -> (H, W); RGB(A), palette, CMYK, YCbCr -> (H, W, 3) (alpha dropped); TIFF and
+    BigTIFF (tifffile) and .npy arrays (H, W) or (H, W, C) keep every sample, so multi-band images
+    stay (H, W, C). Values become uint8 by the module docstring's rule. `channels=3` returns RGB
+    (grey is repeated), `channels=1` grey by `read_grey`'s rules; other counts must match.
     """
     path = Path(path)
-    if channels == 1:
+    head = _head(path)
+    if head[:4] in _TIFF_MAGIC or head == _NPY_MAGIC:
+        array = _scale_to_uint8(_read_tiff(path) if head[:4] in _TIFF_MAGIC else _read_npy(path))
+        if channels == 1:
+            array = _grey(array, path)
+    elif channels == 1:
         return read_grey(path)
-    if _is_tiff(path):
-        array = _scale_to_uint8(_read_tiff(path))
     else:
         with _open(path) as image:  # closed here: multi-frame formats (GIF) keep their file open
             if image.mode in ("1", "L", "LA", "La") or image.mode.startswith("I") or image.mode == "F":
@@ -165,6 +232,8 @@ def read_image(path: str | Path, channels: int | None = None) -> np.ndarray:
         if got != channels:
             raise DataError(f"{path}: image has {got} channel(s), {channels} expected; convert the file or "
                             "change the expected channel count")
+    if isinstance(array, np.memmap):  # a uint8 .npy as mapped: read it into memory, leave the file alone
+        array = np.array(array)
     return np.ascontiguousarray(array)
 
 

@@ -232,7 +232,7 @@ class Trainer:
             self._dataset = load_for_config(cfg, cfg.data.root)  # type: ignore[arg-type]
         self.dataset = dataset = self._dataset
         self.task = build_task(cfg.task, dataset.class_names, cfg.eval.threshold, cfg.eval.min_area,
-                               palette=dataset.palette)
+                               palette=dataset.palette, min_component=cfg.eval.min_component)
         if dataset.channels != cfg.model.in_channels:
             raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the images have {dataset.channels} "
                               f"channel(s); use --set model.in_channels={dataset.channels}")

@@ -87,7 +87,7 @@ def ensure_split(spec: StudySpec, folder: StudyFolder, data_root: str | Path, co
     seed = spec.split_seed_for(common)
     dataset = load_for_config(common, data_root)
     task = build_task(common.task, dataset.class_names, common.eval.threshold, common.eval.min_area,
-                      palette=dataset.palette)
+                      palette=dataset.palette, min_component=common.eval.min_component)
     strata = task.strata(dataset, common.data.coverage_bins)
     train_idx, val_idx = split_indices(common.model_copy(update={"seed": seed}), dataset, None, strata,
                                        task.strata_name)
