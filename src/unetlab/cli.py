@@ -49,6 +49,22 @@ class ProbabilityFormat(str, Enum):  # unetlab.inference.predict.PROBABILITY_FOR
     png16 = "png16"
 
 
+class SegyAxis(str, Enum):  # unetlab.inference.segy.AXES (tests/inference/test_segy.py checks they agree)
+    inline = "inline"
+    crossline = "crossline"
+    time = "time"
+
+
+class SegyWrite(str, Enum):  # unetlab.inference.segy.WRITES
+    probability = "probability"
+    mask = "mask"
+
+
+class SegyFormat(str, Enum):  # unetlab.inference.segy.FORMATS
+    segy = "segy"
+    npy = "npy"
+
+
 class ExportFormat(str, Enum):  # the keys of unetlab.export.FORMATS (tests/cli check they agree)
     onnx = "onnx"
     torchscript = "torchscript"
@@ -183,16 +199,39 @@ def predict(
                                        "0 = never tile)"),
     tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="pixels neighbouring tiles share at "
                                                "least (default: the run's eval.tile_overlap)"),
+    segy_axis: SegyAxis = typer.Option(SegyAxis.inline, "--segy-axis", case_sensitive=False,
+                                       help="SEG-Y: the slices fed to the model (a 2-D line is one section)"),
+    segy_clip: Optional[float] = typer.Option(None, "--segy-clip", min=0.0, help="SEG-Y: clip amplitudes at +-this "
+                                              "before mapping to grey 0..255 (overrides --segy-clip-percentile)"),
+    segy_clip_percentile: float = typer.Option(99.0, "--segy-clip-percentile", min=0.0, max=100.0,
+                                               help="SEG-Y: clip at this percentile of |amplitude| (a random "
+                                               "sample of traces)"),
+    segy_reverse_polarity: bool = typer.Option(False, "--segy-reverse-polarity", help="SEG-Y: negate amplitudes "
+                                               "first (when salt shows the opposite colour to the training images)"),
+    segy_write: SegyWrite = typer.Option(SegyWrite.probability, "--segy-write", case_sensitive=False,
+                                         help="SEG-Y: the cube written (the mask uses the decoding options)"),
+    segy_format: List[SegyFormat] = typer.Option([], "--segy-format", case_sensitive=False,
+                                                 help="SEG-Y: output format, repeatable (default segy)"),
+    segy_preview: List[float] = typer.Option([], "--segy-preview", help="SEG-Y: a PNG of this inline / crossline "
+                                             "number or sample time, repeatable"),
+    segy_inline_byte: int = typer.Option(189, "--segy-inline-byte", help="SEG-Y: trace-header byte of the inline"),
+    segy_crossline_byte: int = typer.Option(193, "--segy-crossline-byte", help="SEG-Y: trace-header byte of the "
+                                            "crossline"),
 ) -> None:
     """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size.
 
     Images of any size (PNG, JPEG, TIFF / BigTIFF, .npy; docs/inference.md): one larger than the tile is
-    predicted in overlapping tiles, in bounded memory."""
+    predicted in overlapping tiles, in bounded memory. SEG-Y volumes (.sgy, .segy; docs/seismic-volumes.md):
+    a salt probability or mask cube with the input's geometry and headers, slice by slice."""
     from unetlab.api import predict as api_predict
 
+    segy = {"axis": segy_axis.value, "clip": segy_clip, "clip_percentile": segy_clip_percentile,
+            "reverse_polarity": segy_reverse_polarity, "write": segy_write.value,
+            "formats": tuple(f.value for f in segy_format) or ("segy",), "previews": tuple(segy_preview),
+            "inline_byte": segy_inline_byte, "crossline_byte": segy_crossline_byte}
     api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area,
                 min_component=min_component, probabilities=_value(probabilities), tile=tile,
-                tile_overlap=tile_overlap)
+                tile_overlap=tile_overlap, segy=segy)
 
 
 @app.command()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
 from unetlab.files import atomic_path, atomic_write_text
 from unetlab.inference.predictor import Predictor, decoding_options, decoding_text
+from unetlab.inference.segy import is_segy, predict_segy
 from unetlab.inference.tiling import check_tiling
 from unetlab.metrics import tag_safe_name
 from unetlab.viz import colorize_labels, label_palette, save_overlay
@@ -104,9 +105,11 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
             tta: str | None = None, which: str = "best", batch_size: int = 32,
             log: Callable[[str], None] = print, min_area: int | None = None,
             min_component: int | None = None, probabilities: str | None = None, tile: int | None = None,
-            tile_overlap: int | None = None) -> list[Path]:
+            tile_overlap: int | None = None, segy: Mapping[str, Any] | None = None) -> list[Path]:
     """Predict every image in `inputs`; returns the mask paths written. `probabilities` (npy or png16)
-    also writes them; `tile` / `tile_overlap` override the run's eval.tile / eval.tile_overlap."""
+    also writes them; `tile` / `tile_overlap` override the run's eval.tile / eval.tile_overlap. SEG-Y
+    volumes among the inputs (.sgy, .segy) go to `inference.segy.predict_segy` with the options `segy`
+    (axis, clip, clip_percentile, write, formats, previews, ...); their cubes are in the returned paths."""
     predictor = Predictor.load(run, which)
     if probabilities not in (None, *PROBABILITY_FORMATS):
         raise UnetlabError(f"--probabilities {probabilities}: choose {' or '.join(PROBABILITY_FORMATS)}")
@@ -114,12 +117,20 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
     tile_overlap = predictor.config.eval.tile_overlap if tile_overlap is None else tile_overlap
     check_tiling(tile, tile_overlap)
     threshold, min_area, min_component = decoding_options(predictor, threshold, min_area, min_component)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for volume in [Path(item) for item in inputs if is_segy(item)]:
+        result = predict_segy(predictor, volume, out_dir, threshold=threshold, min_area=min_area,
+                              min_component=min_component, tta=tta, tile=tile, tile_overlap=tile_overlap, log=log,
+                              **dict(segy or {}))
+        written += [Path(name) for name in result["files"]]
+    inputs = [item for item in inputs if not is_segy(item)]
+    if not inputs:
+        return written
     files = collect_images(inputs)
     multiclass = predictor.task.name == "multiclass"
     class_names = predictor.task.class_names
     palette = label_palette(len(class_names), predictor.task.palette)
-    out_dir = Path(out_dir)
-    written: list[Path] = []
     rle_rows: list[tuple[str, str]] = []
     for batch, images, probs in _predicted(predictor, files, batch_size, tta, tile, tile_overlap):
         for path, image, prob in zip(batch, images, probs):
