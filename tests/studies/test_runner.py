@@ -11,7 +11,7 @@ import pytest
 from study_fixtures import write_tiny_study
 from run_fixtures import assert_one_line_error, run_cli
 from unetlab.errors import ConfigError, UnetlabError
-from unetlab.studies import StudyFolder, load_study, run_study, study_status
+from unetlab.studies import StudyFolder, StudySpec, load_study, run_study, study_status
 
 
 def _quiet(_text: str) -> None:
@@ -105,3 +105,28 @@ def test_the_python_api_exports_studies():
 
     assert {"run_study", "study_status", "load_study"} <= set(api.__all__)
     assert api.load_study("q52-skips").baseline == "concat"
+
+
+def test_a_fingerprint_changed_only_by_new_config_keys_keeps_the_finished_cells(finished, tgs_dir, tmp_path,
+                                                                                 monkeypatch):
+    """unetlab gained a config key since the cells ran: their config.yaml lacks it (read with its default),
+    study.yaml and the storage hold the old fingerprint. Same experiments: accepted, not trained again."""
+    import yaml
+
+    study, _ = finished
+    out = _copy(finished, tmp_path)
+    cell = StudyFolder(out).cell_run("concat", 0)
+    saved = yaml.safe_load(cell.config_path.read_text())
+    del saved["eval"]["min_component"]  # as written before the key existed
+    cell.config_path.write_text(yaml.safe_dump(saved))
+    monkeypatch.setattr(StudySpec, "fingerprint", lambda self: "0123456789abcdef")
+    lines: list[str] = []
+    run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1, report=False)
+    assert "[concat/seed-0] finished earlier: not trained again" in lines
+    assert StudyFolder(out).read_fingerprint() == "0123456789abcdef"
+    # A finished cell that really differs is still refused.
+    saved["optim"]["lr"] = 0.123
+    cell.config_path.write_text(yaml.safe_dump(saved))
+    monkeypatch.setattr(StudySpec, "fingerprint", lambda self: "fedcba9876543210")
+    with pytest.raises(UnetlabError, match="the grid changed after 1 cell"):
+        run_study(study, out, data_root=tgs_dir, log=_quiet, heartbeat_s=1)

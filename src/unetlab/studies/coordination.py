@@ -118,9 +118,10 @@ def study_name(name: str, fingerprint: str) -> str:
     return f"{name}@{fingerprint}"
 
 
-def other_grids(storage: optuna.storages.RDBStorage, name: str, fingerprint: str) -> dict[str, tuple[int, int]]:
-    """Fingerprint -> (COMPLETE trials, RUNNING trials with a live heartbeat) of every other grid of study
-    `name` in the storage."""
+def other_grids(storage: optuna.storages.RDBStorage, name: str, fingerprint: str
+                ) -> dict[str, tuple[int, int, str | None]]:
+    """Fingerprint -> (COMPLETE trials, RUNNING trials with a live heartbeat, its study folder) of every
+    other grid of study `name` in the storage."""
     found = {}
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         stored, _, other = summary.study_name.rpartition("@")
@@ -130,7 +131,7 @@ def other_grids(storage: optuna.storages.RDBStorage, name: str, fingerprint: str
                 optuna.storages.fail_stale_trials(study)
             counts = [len(study.get_trials(deepcopy=False, states=(state,)))
                       for state in (TrialState.COMPLETE, TrialState.RUNNING)]
-            found[other] = (counts[0], counts[1])
+            found[other] = (counts[0], counts[1], study.user_attrs.get("folder"))
     return found
 
 

@@ -44,8 +44,8 @@ from unetlab.studies.coordination import (
     open_storage, other_grids, requeue_lost_cells, study_name,
 )
 from unetlab.studies.folder import StudyFolder
-from unetlab.studies.sharing import adopt_twin, comparable, find_twin
-from unetlab.studies.spec import StudySpec, load_study
+from unetlab.studies.sharing import adopt_twin, find_twin
+from unetlab.studies.spec import StudySpec, cell_identity, load_study
 from unetlab.tasks import build_task
 
 Log = Callable[[str], None]
@@ -68,14 +68,31 @@ def _grid_changed(spec: StudySpec, where: str, finished: int) -> UnetlabError:
                         "a new name or use another --out folder and storage")
 
 
-def check_grid(spec: StudySpec, folder: StudyFolder, fingerprint: str, storage: Any = None) -> None:
-    """Refuse a spec whose grid differs from the one cells already finished (or run) with."""
+def _finished_cells_match(spec: StudySpec, folder: StudyFolder) -> bool:
+    """Whether every finished cell on disk is a cell of `spec` whose config.yaml (read with today's Config,
+    so keys added to unetlab since get their defaults) is the spec's config of that cell now."""
+    cells = {StudyFolder.label(*cell): cell for cell in spec.cells()}
+    finished = folder.finished_cells()
+    return all(label in cells and _same_config(folder.cell_run(*cells[label]), spec.cell_config(*cells[label]))
+               for label in finished)
+
+
+def check_grid(spec: StudySpec, folder: StudyFolder, fingerprint: str, storage: Any = None,
+               folder_storage: bool = False) -> None:
+    """Refuse a spec whose grid differs from the one cells already finished (or run) with. A fingerprint that
+    changed only because unetlab gained config keys since (every finished cell's config still equals the
+    spec's) is not a change: the cells are the same experiments. In a shared storage, an old grid counts as
+    this folder's when it was created for this folder's path, or when the storage is the folder's own
+    study.db (`folder_storage`)."""
     old = folder.read_fingerprint()
-    if old is not None and old != fingerprint and folder.finished_cells():
-        raise _grid_changed(spec, str(folder.path), len(folder.finished_cells()))
+    finished = folder.finished_cells()
+    same_cells = old != fingerprint and bool(finished) and _finished_cells_match(spec, folder)
+    if old is not None and old != fingerprint and finished and not same_cells:
+        raise _grid_changed(spec, str(folder.path), len(finished))
     if storage is not None:
-        for other, (complete, running) in other_grids(storage, spec.name, fingerprint).items():
-            if complete or running:
+        for other, (complete, running, where) in other_grids(storage, spec.name, fingerprint).items():
+            ours = same_cells and (folder_storage or where == str(folder.path.resolve()))
+            if running or (complete and not ours):
                 raise _grid_changed(spec, f"the storage (grid {other}, {running} cell(s) running)", complete)
 
 
@@ -123,7 +140,7 @@ class CellRecorder(Callback):
 
 def _same_config(run: RunFolder, config: Config) -> bool:
     try:
-        return comparable(run.read_config()) == comparable(config)
+        return cell_identity(run.read_config()) == cell_identity(config)
     except UnetlabError:
         return False
 
@@ -251,7 +268,7 @@ def _prepare(spec: StudySpec, folder: StudyFolder, data_root: str | Path | None,
     check_grid(spec, folder, fingerprint)
     folder.path.mkdir(parents=True, exist_ok=True)
     store = open_storage(storage or folder.default_storage(), heartbeat_s)
-    check_grid(spec, folder, fingerprint, store)
+    check_grid(spec, folder, fingerprint, store, folder_storage=storage is None)
     folder.write_spec(spec, fingerprint)
     ensure_split(spec, folder, root, common)
     study = create_or_load(store, study_name(spec.name, fingerprint), spec.cells(),

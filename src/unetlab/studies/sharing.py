@@ -29,16 +29,7 @@ from unetlab.errors import UnetlabError
 from unetlab.files import TEMP_SUFFIX, atomic_write_text
 from unetlab.run_folder import RunFolder
 from unetlab.studies.folder import CELL_EVALUATION, SHARED_FROM, StudyFolder
-
-
-def comparable(config: Config) -> dict[str, Any]:
-    """A cell's config without its name (a label: `<study>-<variant>-seed<N>`) and the paths that may differ
-    between machines or studies."""
-    data = config.to_dict()
-    data.pop("name", None)
-    data["data"].pop("root", None)
-    data["data"].pop("split_file", None)
-    return data
+from unetlab.studies.spec import cell_identity
 
 
 def _split_ids(path: Path) -> tuple[list[str], list[str]] | None:
@@ -58,7 +49,7 @@ def _same_experiment(run: RunFolder, config: Config, data_root: str | Path) -> b
         other = run.read_config()
     except UnetlabError:
         return False
-    return _resolved(other.data.root) == _resolved(data_root) and comparable(other) == comparable(config)
+    return _resolved(other.data.root) == _resolved(data_root) and cell_identity(other) == cell_identity(config)
 
 
 def find_twin(folder: StudyFolder, config: Config, data_root: str | Path) -> RunFolder | None:

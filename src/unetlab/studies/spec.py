@@ -201,21 +201,27 @@ class StudySpec(BaseModel):
 
     def fingerprint(self) -> str:
         """A stable hash of what defines the grid and the cells' configs (not name, description, baseline,
-        analysis, data.root or the split file's path)."""
+        analysis, data.root or the split file's path). A config key added to unetlab later changes it;
+        `runner.check_grid` then compares the finished cells' configs themselves."""
         common = self.common_config()
-        cells = {}
-        for variant, seed in sorted(self.cells()):
-            data = self.cell_config(variant, seed).to_dict()
-            data.pop("name", None)
-            data["data"].pop("root", None)
-            data["data"].pop("split_file", None)
-            cells[f"{variant}/seed-{seed}"] = data
+        cells = {f"{variant}/seed-{seed}": cell_identity(self.cell_config(variant, seed))
+                 for variant, seed in sorted(self.cells())}
         payload = {"cells": cells, "metric": self.metric_for(common.task), "split_seed": self.split_seed_for(common)}
         return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as its YAML reads (`set`, not `overrides`)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def cell_identity(config: Config) -> dict[str, Any]:
+    """What makes two cells the same experiment: the resolved config without its name (a label,
+    `<study>-<variant>-seed<N>`) and the paths that differ between machines or studies."""
+    data = config.to_dict()
+    data.pop("name", None)
+    data["data"].pop("root", None)
+    data["data"].pop("split_file", None)
+    return data
 
 
 def _check_variant_options(config: Config, overrides: list[str], source: str) -> None:
