@@ -27,9 +27,10 @@ def test_create_makes_the_layout_and_refuses_a_non_empty_folder_or_a_file(tmp_pa
     assert (run.path / "checkpoints").is_dir() and (run.path / "figures").is_dir()
     (tmp_path / "empty").mkdir()
     assert (RunFolder.create(tmp_path / "empty").path / "checkpoints").is_dir()  # an existing empty folder is fine
+    (run.path / "notes.txt").write_text("mine")
     with pytest.raises(UnetlabError, match="not empty"):
         RunFolder.create(run.path)
-    assert (run.path / "checkpoints").is_dir()  # nothing of the refused run was touched
+    assert (run.path / "checkpoints").is_dir() and (run.path / "notes.txt").is_file()  # nothing was touched
     a_file = tmp_path / "file"
     a_file.write_text("x")
     with pytest.raises(UnetlabError, match="is a file"):
@@ -183,6 +184,49 @@ def test_remove_stale_temporaries_in_the_run_folders(tmp_path):
     kept = run.save_checkpoint("best", {"epoch": 1})
     assert sorted(run.remove_stale_temporaries()) == sorted(stale)
     assert kept.is_file() and not any(p.exists() for p in stale)
+
+
+def _unfinished_run(path, with_last=False):
+    """A run folder as `unetlab train` leaves it when killed in its first epoch (or later, `with_last`)."""
+    run = RunFolder.create(path)
+    run.write_config(load_config(None, ["train.epochs=2"]))
+    (run.path / "split.json").write_text("{}")
+    (run.path / "events.out.tfevents.1.host.2.0").write_bytes(b"events")
+    (run.path / "checkpoints" / ".last.pt.k1.tmp").write_bytes(b"half a checkpoint")
+    if with_last:
+        run.save_checkpoint("last", {"epoch": 1})
+    return run
+
+
+def test_a_skeleton_left_before_config_yaml_is_reused_with_its_temporaries_removed(tmp_path):
+    skeleton = RunFolder.create(tmp_path / "run")  # killed before config.yaml was renamed into place
+    (skeleton.path / ".config.yaml.z9.tmp").write_text("half")
+    RunFolder.create(skeleton.path)
+    assert sorted(p.name for p in skeleton.path.iterdir()) == ["checkpoints", "figures"]
+
+
+def test_create_in_a_run_folder_says_how_to_resume_it(tmp_path):
+    unfinished = _unfinished_run(tmp_path / "a")
+    with pytest.raises(UnetlabError, match="stopped before its first checkpoint; restart it from epoch 0 with "
+                                           "`unetlab train --resume .*` or choose another --out"):
+        RunFolder.create(unfinished.path)
+    resumable = _unfinished_run(tmp_path / "b", with_last=True)
+    with pytest.raises(UnetlabError, match="holds a run .*continue it with `unetlab train --resume"):
+        RunFolder.create(resumable.path)
+
+
+def test_restart_clears_what_the_run_wrote_and_keeps_config_and_other_files(tmp_path):
+    run = _unfinished_run(tmp_path / "run")
+    config = run.config_path.read_text()
+    (run.path / "figures" / "learning_curves.png").write_bytes(b"png")
+    (run.path / "metrics.csv").write_text("epoch\n")
+    (run.path / "notes.txt").write_text("the user's")
+    RunFolder.restart(run.path)
+    left = sorted(str(p.relative_to(run.path)) for p in run.path.rglob("*"))
+    assert left == ["checkpoints", "config.yaml", "figures", "notes.txt"]
+    assert run.config_path.read_text() == config
+    with pytest.raises(UnetlabError, match="only a run with config.yaml and no checkpoints/last.pt"):
+        RunFolder.restart(_unfinished_run(tmp_path / "later", with_last=True).path)
 
 
 # ------------------------------------------------------------------------------ operating point

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from run_fixtures import assert_one_line_error, run_cli, tiny_config
 from unetlab import tuning
 from unetlab.config import load_config
-from unetlab.errors import ConfigError
+from unetlab.errors import ConfigError, UnetlabError
 from unetlab.run_folder import RunFolder
 
 SPACE = ["tune.space.optim.lr={float: [1e-4, 1e-2], log: true}", "tune.space.train.batch_size={choice: [4, 8]}"]
@@ -208,3 +208,14 @@ def test_a_study_refuses_another_config_once_a_trial_finished(tmp_path):
     assert tuning.open_tune_study(tune_config("tune.trials=50"), url, "s").study_name == "s"
     with pytest.raises(ConfigError, match="made from another config"):
         tuning.open_tune_study(tune_config("optim.lr=0.5"), url, "s")
+
+
+def test_a_diverging_trial_fails_and_the_search_goes_on(tgs_dir, tmp_path):
+    """A learning rate that makes training diverge is a bad point of the space, not a crash of the search."""
+    cfg = tiny_config("name=tiny-diverge", "train.epochs=1", "optim.name=adam",
+                      "tune.space.optim.lr={float: [1.0e+5, 1.0e+6], log: true}")
+    lines: list[str] = []
+    with pytest.raises(UnetlabError, match="3 trials in a row never reached a finite val/loss"):
+        tuning.tune(cfg, tgs_dir, tmp_path / "out", trials=4, log=lines.append)
+    assert sum("training diverged" in line for line in lines) == 3
+    assert states(study_of(tmp_path / "out")) == ["FAIL"] * 3

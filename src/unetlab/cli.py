@@ -120,7 +120,8 @@ def train(
     no_eval: bool = typer.Option(False, "--no-eval", help="skip scoring the best checkpoint on validation"),
     no_progress: bool = typer.Option(False, "--no-progress", help="plain log lines instead of a progress bar"),
     resume: Optional[Path] = typer.Option(None, "--resume", help="continue this run folder from its last "
-                                          "checkpoint (only train.epochs / max_minutes / early_stop_patience "
+                                          "checkpoint; one stopped before its first checkpoint restarts from "
+                                          "epoch 0 (only train.epochs / max_minutes / early_stop_patience "
                                           "may be --set)"),
 ) -> None:
     """Train a model; writes a run folder with config, split, metrics, checkpoints and figures.
@@ -217,6 +218,10 @@ def predict(
     segy_inline_byte: int = typer.Option(189, "--segy-inline-byte", help="SEG-Y: trace-header byte of the inline"),
     segy_crossline_byte: int = typer.Option(193, "--segy-crossline-byte", help="SEG-Y: trace-header byte of the "
                                             "crossline"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace existing files of the same names in --out "
+                                   "(without it, only files an earlier predict wrote there are replaced)"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="refuse images of more pixels "
+                                             "than this (default: the run's data.max_pixels)"),
 ) -> None:
     """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size.
 
@@ -231,7 +236,7 @@ def predict(
             "inline_byte": segy_inline_byte, "crossline_byte": segy_crossline_byte}
     api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area,
                 min_component=min_component, probabilities=_value(probabilities), tile=tile,
-                tile_overlap=tile_overlap, segy=segy)
+                tile_overlap=tile_overlap, segy=segy, overwrite=overwrite, max_pixels=max_pixels)
 
 
 @app.command()

@@ -14,18 +14,24 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from unetlab.data.io import DEFAULT_MAX_PIXELS
 from unetlab.errors import ConfigError
 from unetlab.recipes import read_config_source
 
 
 class _Section(BaseModel):
-    # Numbers typed on the command line for text keys (--set name=2024) stay text.
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    # Numbers typed on the command line for text keys (--set name=2024) stay text; NaN and infinities
+    # (YAML .nan / .inf) are refused: no option means them, and a bound like gt=0 lets inf through.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)
 
 
 class DataConfig(_Section):
     format: str = Field("tgs", description="a reader of unetlab.data.formats.registry.FORMATS")
-    options: dict[str, Any] = Field(default_factory=dict, description="the reader's options, e.g. {foreground: 0}")
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "the reader's options, e.g. {foreground: 0}; tgs and folders: binary_rule (how mask values become "
+        "salt/foreground: strict, the tgs default: only 0/1, 0/255 or 0/65535 masks, others refused; nonzero: "
+        "value > 0; threshold:T: value > T) and allow_lossy_masks (false: JPEG masks refused)"))
     cache: bool = Field(True, description="decode files once into a memory-mapped cache beside the data")
     root: Optional[str] = None
     input_size: int = Field(128, ge=8, description="side of the square the model sees")
@@ -36,6 +42,8 @@ class DataConfig(_Section):
     split_file: Optional[str] = Field(None, description="reuse an earlier run's split.json (or folds.json with folds)")
     folds: int = Field(0, ge=0, description="k of a stratified k-fold; 0 = one train/validation split")
     fold: int = Field(0, ge=0, description="which fold validates when folds >= 2")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, ge=1, description="pixels (height x width) per image at most; "
+                            "larger images (decompression bombs) are refused before decoding")
 
 
     @model_validator(mode="after")
@@ -274,6 +282,18 @@ class TrainConfig(_Section):
         "none", description="validate and save averaged weights: exponential moving average or SWA")
     ema_decay: float = Field(0.995, gt=0.0, lt=1.0)
     swa_start: float = Field(0.75, ge=0.0, lt=1.0, description="share of training after which SWA averages")
+
+    @field_validator("device")
+    @classmethod
+    def _device_spelled(cls, name: str) -> str:
+        # Only the spelling: whether this machine has the device is asked when training starts, so a
+        # config written on a GPU machine still loads on a CPU-only one (predict, evaluate).
+        from unetlab.engine.device import check_device_name
+
+        try:
+            return check_device_name(name)
+        except ValueError as exc:
+            raise PydanticCustomError("bad_device", "{reason}", {"reason": str(exc)}) from None
 
 
 class EvalConfig(_Section):
@@ -539,6 +559,13 @@ def config_from_dict(data: dict[str, Any], source: str = "config") -> Config:
         raise ConfigError(f"{source}: {exc}") from None
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The parser's complaint with the line and column where it happened (1-based, as editors count)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return problem if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Defaults, then the YAML file at `path` or the built-in recipe of that name (`load_config("tgs-salt")`,
     see `unetlab.recipes`), then `overrides` (`a.b=value`)."""
@@ -549,7 +576,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML ({str(exc).splitlines()[0]})") from None
+            raise ConfigError(f"{source}: not valid YAML ({_yaml_problem(exc)})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from unetlab.data.download import sha256_of
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.errors import UnetlabError
-from unetlab.files import atomic_write_text, csv_text, remove_stale_temporaries
+from unetlab.files import TEMP_SUFFIX, atomic_write_text, csv_text, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from unetlab.config import Config
@@ -76,16 +76,70 @@ class RunFolder:
 
     @classmethod
     def create(cls, path: str | Path) -> "RunFolder":
-        """Make the folder and its sub-folders; an existing non-empty folder is refused (runs are never overwritten)."""
+        """Make the folder and its sub-folders; an existing non-empty folder is refused (runs are never overwritten).
+
+        A folder holding only what a run killed before writing its config.yaml left (empty sub-folders,
+        temporaries) counts as empty: its temporaries are removed and it is used.
+        """
         run = cls(path)
         if run.path.exists() and not run.path.is_dir():
             raise UnetlabError(f"{run.path}: exists and is a file; choose another --out for the run folder")
-        if run.path.is_dir() and any(run.path.iterdir()):
-            raise UnetlabError(f"{run.path}: run folder exists and is not empty; choose another --out "
-                               "(runs are never overwritten)")
-        (run.path / cls.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
-        (run.path / cls.FIGURES).mkdir(exist_ok=True)
+        if run.path.is_dir():
+            if not run._holds_only_a_skeleton():
+                raise UnetlabError(run._occupied_message())
+            run.remove_stale_temporaries()
+        run._make_folders()
         return run
+
+    @classmethod
+    def restart(cls, path: str | Path) -> "RunFolder":
+        """A run stopped before its first checkpoint (config.yaml, no checkpoints/last.pt), cleared for a
+        fresh start: the files the run wrote and any temporaries go, config.yaml and files of others stay."""
+        run = cls(path)
+        if not run.config_path.is_file() or run.has_checkpoint("last"):
+            raise UnetlabError(f"{run.path}: only a run with {cls.CONFIG} and no {cls.CHECKPOINTS}/last.pt "
+                               "restarts from scratch; resume it or start a new run")
+        for written in run._files_a_run_writes():
+            written.unlink(missing_ok=True)
+        run.remove_stale_temporaries()
+        run._make_folders()
+        return run
+
+    def _make_folders(self) -> None:
+        (self.path / self.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        (self.path / self.FIGURES).mkdir(exist_ok=True)
+
+    def _files_a_run_writes(self) -> list[Path]:
+        """Every file of this folder that training, evaluation or export wrote, config.yaml excepted."""
+        named = [self.split_path, self.folds_path, self.metrics_path, self.report_path, self.operating_point_path]
+        patterns = [(self.path, "events.out.tfevents.*"), (self.path / self.CHECKPOINTS, "*.pt"),
+                    (self.figures_dir, "*.png"), (self.path / self.EVALUATION, "*.json"),
+                    (self.path / self.EXPORT, "*")]
+        found = [path for path in named if path.is_file()]
+        for folder, pattern in patterns:
+            found += [path for path in folder.glob(pattern) if path.is_file()]
+        return found
+
+    def _holds_only_a_skeleton(self) -> bool:
+        """Only empty checkpoints/ and figures/ and temporaries: a run killed before it wrote config.yaml."""
+        for entry in self.path.iterdir():
+            layout = entry.is_dir() and entry.name in (self.CHECKPOINTS, self.FIGURES)
+            empty_layout = layout and not any(entry.iterdir())
+            # what files.remove_stale_temporaries removes: hidden names with the temporary suffix
+            temporary = entry.is_file() and entry.name.startswith(".") and TEMP_SUFFIX in entry.name
+            if not (empty_layout or temporary):
+                return False
+        return True
+
+    def _occupied_message(self) -> str:
+        never = "choose another --out (runs are never overwritten)"
+        if self.config_path.is_file() and self.has_checkpoint("last"):
+            return (f"{self.path}: holds a run (config.yaml, checkpoints/last.pt); continue it with "
+                    f"`unetlab train --resume {self.path}` or {never}")
+        if self.config_path.is_file():
+            return (f"{self.path}: holds a run stopped before its first checkpoint; restart it from epoch 0 with "
+                    f"`unetlab train --resume {self.path}` or {never}")
+        return f"{self.path}: run folder exists and is not empty; {never}"
 
     @classmethod
     def of(cls, run_or_checkpoint: str | Path) -> "RunFolder":

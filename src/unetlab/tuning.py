@@ -36,10 +36,11 @@ from optuna.trial import TrialState
 
 from unetlab.config import Config, TuneConfig, config_from_dict
 from unetlab.data.formats.registry import load_for_config
-from unetlab.engine.callbacks import Callback
+from unetlab.engine.callbacks import Callback, TrainingDiverged
 from unetlab.engine.trainer import train as _train
 from unetlab.errors import ConfigError, UnetlabError
 from unetlab.files import atomic_path, atomic_write_text
+from unetlab.run_folder import RunFolder
 
 STORAGE_FILE = "tune.db"
 BEST_FILE = "best.yaml"
@@ -251,13 +252,20 @@ class _Objective:
         self.log(f"trial {trial.number}: " + ", ".join(f"{k}={_text(v)}" for k, v in params.items()))
         pruning = PruningCallback(trial, self.metric)
         prefix = f"  trial {trial.number} | "
-        result = _train(cfg, data_root=self.data_root, run_dir=run_dir, progress=False,
-                        log=lambda text: self.log(prefix + text), callbacks=[pruning])
-        trial.set_user_attr("epochs", result.epochs_run)
+        try:
+            result = _train(cfg, data_root=self.data_root, run_dir=run_dir, progress=False,
+                            log=lambda text: self.log(prefix + text), callbacks=[pruning])
+        except TrainingDiverged as exc:  # a point of the space, not a fault: score the epochs before it
+            self.log(f"trial {trial.number}: {exc}")
+            history = RunFolder(run_dir).read_metrics() if (run_dir / RunFolder.METRICS).is_file() else []
+            trial.set_user_attr("diverged", True)
+        else:
+            history = result.history
+            trial.set_user_attr("epochs", result.epochs_run)
         if pruning.pruned_at is not None:
             self.log(f"trial {trial.number}: pruned at epoch {pruning.pruned_at}")
             raise optuna.TrialPruned(f"pruned at epoch {pruning.pruned_at}")
-        value = _best_of(result.history, self.metric, self.direction)
+        value = _best_of(history, self.metric, self.direction)
         self.failed_in_a_row = 0 if math.isfinite(value) else self.failed_in_a_row + 1
         if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
             raise UnetlabError(f"{self.failed_in_a_row} trials in a row never reached a finite {self.metric}; "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -454,3 +455,103 @@ def test_layouts_take_their_readers_options():
 
     for name, layout in LAYOUTS.items():  # inspect walks a format with the options its reader was given
         assert inspect.signature(layout).parameters.keys() == inspect.signature(FORMATS[name]).parameters.keys()
+
+
+# ----------------------------------------------------------------------------- labels.py: binary rules, lossy masks
+
+from unetlab.data.formats.labels import MaskRules, lossy_kind, parse_binary_rule  # noqa: E402
+
+
+def test_parse_binary_rule_names_and_refusals():
+    assert parse_binary_rule("strict").strict and parse_binary_rule("nonzero").threshold == 0
+    rule = parse_binary_rule(" Threshold:127 ")
+    assert (rule.name, rule.threshold, rule.strict) == ("threshold:127", 127, False)
+    for bad in ("maybe", "threshold:", "threshold:-1", "threshold:1.5", None, 3):
+        with pytest.raises(DataError, match=r"data.options.binary_rule=.*unknown rule; choose strict .* nonzero "
+                                            r".* threshold:T"):
+            parse_binary_rule(bad, "data.options.binary_rule")
+
+
+@pytest.mark.parametrize("values, rule, expected", [
+    ([0, 1], "strict", [0, 1]),
+    ([0, 255], "strict", [0, 1]),
+    ([0, 65535], "strict", [0, 1]),
+    ([255, 255], "strict", [1, 1]),
+    ([0, 1, 2, 7], "nonzero", [0, 1, 1, 1]),
+    ([0, 100, 127, 128, 255], "threshold:127", [0, 0, 0, 1, 1]),
+])
+def test_binary_rules_map_values(values, rule, expected):
+    array = np.array([values], dtype=np.uint16 if max(values) > 255 else np.uint8)
+    np.testing.assert_array_equal(MaskRules(parse_binary_rule(rule)).check("m.png", array), [expected])
+
+
+@pytest.mark.parametrize("values", [[0, 1, 2, 7], [0, 1, 255], [0, 128, 255], [3]])
+def test_strict_refuses_other_values_naming_file_values_and_option(values):
+    rules = MaskRules(parse_binary_rule("strict"))
+    array = np.array([values], dtype=np.uint8)
+    message = "{" + ", ".join(map(str, values)) + "}"
+    with pytest.raises(DataError, match=re.escape(f"masks/a.png: mask values {message} are not binary") +
+                       r".*--set data.options.binary_rule=nonzero.*threshold:T"):
+        rules.check("masks/a.png", array)
+    assert rules.problem("masks/a.png", array)[0] == "values"
+
+
+def test_strict_leaves_the_ignore_index_out():
+    rules = MaskRules(parse_binary_rule("strict"), ignore_index=128)
+    np.testing.assert_array_equal(rules.check("m.png", np.array([[0, 255, 128]], np.uint8)), [[0, 1, 128]])
+
+
+def test_lossy_kind_by_content_not_name(tmp_path):
+    grey = np.zeros((8, 8), np.uint8)
+    assert lossy_kind(save(tmp_path / "a.jpg", grey, "JPEG")) == "JPEG"
+    assert lossy_kind(save(tmp_path / "b.png", grey, "JPEG")) == "JPEG"  # a JPEG named .png
+    assert lossy_kind(save(tmp_path / "c.jpg", grey, "PNG")) is None
+    assert lossy_kind(tmp_path / "missing.png") is None  # the reader names a missing file itself
+    from PIL import features
+
+    if features.check("webp"):
+        assert lossy_kind(save(tmp_path / "d.webp", Image.fromarray(grey), "WEBP")) == "lossy WebP"
+        image = Image.fromarray(grey)
+        image.save(tmp_path / "e.webp", format="WEBP", lossless=True)
+        assert lossy_kind(tmp_path / "e.webp") is None
+
+
+def _folder_pair(root: Path, mask: np.ndarray, fmt: str = "PNG", name: str = "a.png") -> Path:
+    save(root / "images" / "a.png", np.zeros(mask.shape, np.uint8))
+    return save(root / "masks" / name, mask, fmt)
+
+
+def test_folders_refuse_jpeg_masks_unless_allowed(tmp_path):
+    mask = np.zeros((16, 16), np.uint8)
+    mask[4:12, 4:12] = 255
+    path = _folder_pair(tmp_path, mask, "JPEG", "a.jpg")
+    with pytest.raises(DataError, match=re.escape(f"{path}: mask stored as JPEG") +
+                       r".*--set data.options.allow_lossy_masks=true"):
+        read_folders(tmp_path, binary_rule="nonzero")
+    samples = read_folders(tmp_path, binary_rule="threshold:127", allow_lossy_masks=True)
+    np.testing.assert_array_equal(samples.masks[0], mask > 127)
+
+
+def test_folders_binary_rules(tmp_path):
+    mask = np.array([[0, 1, 2, 7]] * 4, np.uint8)
+    path = _folder_pair(tmp_path, mask)
+    with pytest.raises(DataError, match=re.escape(f"{path}: mask values {{0, 1, 2, 7}} are not binary")):
+        read_folders(tmp_path, binary_rule="strict")
+    assert read_folders(tmp_path, binary_rule="nonzero").masks[0].tolist() == [[0, 1, 1, 1]] * 4
+    assert read_folders(tmp_path, binary_rule="threshold:1").masks[0].tolist() == [[0, 0, 1, 1]] * 4
+    samples = read_folders(tmp_path, num_classes=8)  # no rule: class indices as stored
+    assert samples.masks[0].tolist() == mask.tolist()
+    with pytest.raises(DataError, match=re.escape(f"{path} (id 'a'): mask values [7] outside classes 0..2")):
+        read_folders(tmp_path, num_classes=3)  # multiclass: beyond the classes, naming the file
+
+
+def test_config_checks_label_option_values():
+    from unetlab.config import load_config
+    from unetlab.errors import ConfigError
+
+    config = load_config(None, ["data.options.binary_rule=threshold:127", "data.options.allow_lossy_masks=true"])
+    assert config.data.options == {"binary_rule": "threshold:127", "allow_lossy_masks": True}
+    with pytest.raises(ConfigError, match=r"data.options.binary_rule='maybe': unknown rule"):
+        load_config(None, ["data.options.binary_rule=maybe"])
+    with pytest.raises(ConfigError, match=r"data.options.allow_lossy_masks='sometimes': expected true or false"):
+        load_config(None, ["data.options.allow_lossy_masks=sometimes"])

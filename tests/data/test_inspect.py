@@ -168,3 +168,41 @@ def test_folders_255_masks_and_usage_errors(tmp_path):
         inspect_dataset(root, format="voc", console=False)
     with pytest.raises(DataError, match="not found"):
         inspect_dataset(tmp_path / "missing", console=False)
+
+
+def test_inspect_refuses_what_the_reader_refuses_with_the_same_message(tgs_copy):
+    """One check for train and inspect: odd values and JPEG masks are fatal problems, in the reader's words."""
+    from unetlab.data.formats.tgs import load_tgs
+
+    masks = sorted((tgs_copy / "train" / "masks").glob("*.png"))
+    values = np.zeros((101, 101), np.uint8)
+    values[:40], values[60:] = 1, 2
+    for path in masks[2:4]:
+        Image.fromarray(values).save(path)
+    with pytest.raises(DataError) as reader:
+        load_tgs(tgs_copy)
+    report = inspect_dataset(tgs_copy, console=False)
+    refused = [p for p in report.fatal if p.kind == "values"]
+    assert len(report.fatal) == 1 and refused[0].message == f"{reader.value} (2 such masks in all)"
+    assert not any("every value > 0 foreground" in p.message for p in report.warnings)
+    report = inspect_dataset(tgs_copy, options={"binary_rule": "nonzero"}, console=False)
+    assert not report.fatal and any("every value > 0 foreground" in p.message for p in report.warnings)
+    Image.fromarray(values * 100).save(masks[5], format="JPEG")
+    with pytest.raises(DataError) as reader:
+        load_tgs(tgs_copy, binary_rule="nonzero")
+    report = inspect_dataset(tgs_copy, options={"binary_rule": "nonzero"}, console=False)
+    assert [(p.kind, p.message) for p in report.fatal] == [("lossy", str(reader.value))]
+
+
+def test_inspect_names_the_line_of_a_bad_train_csv_row(tgs_copy):
+    import shutil
+
+    shutil.rmtree(tgs_copy / "train" / "masks")
+    lines = (tgs_copy / "train.csv").read_text().splitlines()
+    sample_id = lines[2].split(",")[0]
+    lines[2] = f"{sample_id},1 2 3"
+    (tgs_copy / "train.csv").write_text("\n".join(lines) + "\n")
+    report = inspect_dataset(tgs_copy, console=False)
+    assert [p.kind for p in report.fatal] == ["unreadable"]
+    assert report.fatal[0].message.startswith(f"{tgs_copy / 'train.csv'}: line 3 (id '{sample_id}'): "
+                                              "run-length string '1 2 3' has an odd number of values (3)")

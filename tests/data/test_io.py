@@ -361,3 +361,78 @@ def test_unreadable_npy_and_tiff_are_one_line_data_errors(tmp_path, content, nee
         read_image(path)
     message = str(info.value)
     assert str(path) in message and needle in message and "\n" not in message
+
+
+# ----------------------------------------------------------------------------- the pixel limit
+
+def bomb_png(path, width: int = 100_000, height: int = 100_000):
+    """A PNG header claiming `width` x `height` grey pixels with almost no data: a decompression bomb as
+    the readers see it (they refuse it from the header, before decoding a byte)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("reader", ["read_grey", "read_mask_values", "read_image", "read_index_mask",
+                                    "read_rgb_mask"])
+def test_a_bomb_is_refused_before_decoding_naming_file_size_and_option(tmp_path, reader):
+    from unetlab.data import io as image_io
+
+    bomb = bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(DataError) as caught:
+        getattr(image_io, reader)(bomb)
+    message = str(caught.value)
+    assert "bomb.png" in message and "100000 x 100000 = 10,000,000,000 pixels" in message
+    assert "data.max_pixels" in message and "268,435,456" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_pixel_limit_applies_to_every_format_and_is_restored(tmp_path, suffix):
+    import tifffile
+
+    from unetlab.data.io import DEFAULT_MAX_PIXELS, max_pixels, pixel_limit
+
+    path = tmp_path / f"image{suffix}"
+    {".png": lambda: Image.fromarray(GREY).save(path), ".tif": lambda: tifffile.imwrite(path, GREY),
+     ".npy": lambda: np.save(path, GREY)}[suffix]()
+    with pixel_limit(35, "--max-pixels"):  # 7 x 5 = 35 pixels: exactly at the limit is allowed
+        np.testing.assert_array_equal(read_image(path), GREY)
+    with pytest.raises(DataError, match=r"image\S* 5 x 7 = 35 pixels, more than the 34 .*\(--max-pixels\)"):
+        with pixel_limit(34, "--max-pixels"):
+            read_image(path)
+    assert max_pixels() == DEFAULT_MAX_PIXELS
+
+
+def test_our_limit_replaces_pillows_without_a_warning(tmp_path, monkeypatch, recwarn):
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; images under our limit read silently
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    path = write(tmp_path / "g.png", Image.fromarray(GREY))
+    np.testing.assert_array_equal(read_grey(path), GREY)
+    assert Image.MAX_IMAGE_PIXELS == 10 and not [w for w in recwarn if "pixels" in str(w.message)]
+
+
+def test_train_refuses_a_bomb_in_the_data_with_one_line(tgs_copy, tmp_path, capsys):
+    from run_fixtures import TINY, assert_one_line_error, run_cli
+
+    victim = sorted((tgs_copy / "train" / "images").iterdir())[3]
+    bomb_png(victim)
+    args = ["train", "--data", str(tgs_copy), "--out", str(tmp_path / "run"), "--no-progress"]
+    code, _, err = run_cli([*args, *(item for o in TINY for item in ("--set", o))], capsys)
+    assert_one_line_error(code, err, victim.name, "data.max_pixels")
+
+
+def test_train_applies_the_configs_max_pixels(tgs_dir, tmp_path, capsys):
+    from run_fixtures import TINY, assert_one_line_error, run_cli
+
+    args = ["train", "--data", str(tgs_dir), "--out", str(tmp_path / "run"), "--no-progress"]
+    overrides = [*TINY, "data.cache=false", "data.max_pixels=10000"]  # the images are 101 x 101 = 10,201 pixels
+    code, _, err = run_cli([*args, *(item for o in overrides for item in ("--set", o))], capsys)
+    assert_one_line_error(code, err, "10,201 pixels", "data.max_pixels")
+    assert not (tmp_path / "run").exists()

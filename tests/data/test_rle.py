@@ -171,3 +171,15 @@ def test_encoding_structure(mask):
     if starts:
         assert starts[0] >= 1 and starts[-1] + lengths[-1] - 1 <= mask.size
     assert sum(lengths) == int(mask.sum())
+
+
+@pytest.mark.parametrize("text, message", [
+    ("1 2 3", r"run-length string '1 2 3' has an odd number of values \(3\); runs are 'start length' pairs"),
+    ("1 x", r"run-length string '1 x' is not a list of whole numbers"),
+    ("1 99999999999999999999", r"is not a list of whole numbers"),
+    ("8 3", r"run '8 3' lies outside a 3x3 image \(pixels 1..9"),
+    (" ".join(["1"] * 41), r"run-length string '1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 1 \.\.\.' has an odd number"),
+])
+def test_decode_error_messages_say_what_is_wrong(text, message):
+    with pytest.raises(DataError, match=message):
+        rle_decode(text, (3, 3))

@@ -347,3 +347,104 @@ def test_train_csv_missing_a_row_names_the_image(tgs_copy):
     (tgs_copy / "train.csv").write_text("\n".join([lines[0], *lines[2:]]) + "\n")
     with pytest.raises(DataError, match=dropped):
         load_tgs(tgs_copy)
+
+
+# ----------------------------------------------------------------------------- mask values and lossy masks
+
+
+def test_masks_with_other_values_are_refused_unless_a_rule_maps_them(tmp_path):
+    base = make_folder(tmp_path, ids=("a", "b"))
+    odd = np.tile(np.array([0, 1, 2, 7], np.uint8), (SIDE, SIDE // 4))
+    bad = _save(base / "masks" / "b.png", odd)
+    with raises_naming(bad, match=re.escape("mask values {0, 1, 2, 7} are not binary") +
+                       ".*data.options.binary_rule=nonzero"):
+        load_tgs(tmp_path)
+    np.testing.assert_array_equal(load_tgs(tmp_path, binary_rule="nonzero").masks[1], odd > 0)
+    np.testing.assert_array_equal(load_tgs(tmp_path, binary_rule="threshold:1").masks[1], odd > 1)
+
+
+def test_sixteen_bit_and_one_value_masks_pass_strict(tmp_path):
+    base = make_folder(tmp_path, ids=("a", "b", "c"))
+    Image.fromarray(np.full((SIDE, SIDE), 65535, np.uint16)).save(base / "masks" / "b.png")
+    _save(base / "masks" / "c.png", np.ones((SIDE, SIDE), np.uint8))
+    data = load_tgs(tmp_path)
+    assert data.masks[1].all() and data.masks[2].all()
+
+
+@pytest.mark.parametrize("name", ["b.jpg", "b.png"])  # by content: a JPEG named .png is refused too
+def test_jpeg_masks_are_refused_unless_allowed(tmp_path, name):
+    base = make_folder(tmp_path, ids=("a", "b"))
+    (base / "masks" / "b.png").unlink()
+    square = np.zeros((SIDE, SIDE), np.uint8)
+    square[2:6, 2:6] = 255
+    Image.fromarray(square).save(base / "masks" / name, format="JPEG", quality=50)
+    with raises_naming(base / "masks" / name, match="mask stored as JPEG.*data.options.allow_lossy_masks=true"):
+        load_tgs(tmp_path)
+    data = load_tgs(tmp_path, binary_rule="threshold:127", allow_lossy_masks=True)
+    np.testing.assert_array_equal(data.masks[1], square > 0)
+
+
+def test_the_cache_never_serves_masks_read_under_another_rule(tmp_path):
+    from unetlab.data.formats.registry import cached_read_dataset
+
+    base = make_folder(tmp_path / "data", ids=("a", "b"))
+    odd = np.tile(np.array([0, 1, 2, 7], np.uint8), (SIDE, SIDE // 4))
+    _save(base / "masks" / "b.png", odd)
+    cache = tmp_path / "cache"
+    nonzero = cached_read_dataset("tgs", tmp_path / "data", cache, binary_rule="nonzero")
+    threshold = cached_read_dataset("tgs", tmp_path / "data", cache, binary_rule="threshold:1")
+    np.testing.assert_array_equal(nonzero.masks[1], odd > 0)
+    np.testing.assert_array_equal(threshold.masks[1], odd > 1)
+    with raises_naming(base / "masks" / "b.png", match="not binary"):
+        cached_read_dataset("tgs", tmp_path / "data", cache)  # strict, the default: not served from the cache
+
+
+# ----------------------------------------------------------------------------- bad train.csv rows
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("b,1 2 3", r"line 3 \(id 'b'\): run-length string '1 2 3' has an odd number of values \(3\)"),
+    ("b,1 x", r"line 3 \(id 'b'\): run-length string '1 x' is not a list of whole numbers"),
+    ("b,60 10", r"line 3 \(id 'b'\): run '60 10' lies outside a 8x8 image"),
+    ("b,0 1", r"line 3 \(id 'b'\): run '0 1' lies outside"),
+    (",1 2", r"line 3: no id"),
+    ("a,1 2", r"line 3: id 'a' already on line 2"),
+    ("b", r"line 3 \(id 'b'\): no rle_mask column"),
+])
+def test_bad_train_csv_rows_name_the_file_line_and_id(tmp_path, row, problem):
+    make_folder(tmp_path, ids=("a", "b"), masks=False)
+    csv_path = tmp_path / "train.csv"
+    csv_path.write_text(f"id,rle_mask\na,1 2\n{row}\n")
+    with raises_naming(csv_path, match=problem):
+        load_tgs(tmp_path)
+
+
+def test_train_csv_that_is_not_text_is_one_error(tmp_path):
+    make_folder(tmp_path, ids=("a",), masks=False)
+    (tmp_path / "train.csv").write_bytes(b"id,rle_mask\na,1 2\xff\xfe\n")
+    with raises_naming(tmp_path / "train.csv", match="cannot read as CSV text.*save it as UTF-8"):
+        load_tgs(tmp_path)
+
+
+def test_train_cli_refuses_odd_masks_and_a_bad_csv_row_in_one_line(tgs_copy, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error, run_cli
+
+    masks = sorted((tgs_copy / "train" / "masks").glob("*.png"))
+    values = np.zeros((101, 101), np.uint8)
+    values[:50, :50], values[50:, 50:] = 2, 7
+    _save(masks[3], values)
+    args = ["train", "--data", str(tgs_copy), "--set", "train.epochs=1", "--out", str(tmp_path / "run"),
+            "--no-progress"]
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, str(masks[3]), "{0, 2, 7}", "data.options.binary_rule")
+    Image.fromarray(values).save(masks[3], format="JPEG")
+    code, _, err = run_cli(args + ["--set", "data.options.binary_rule=nonzero"], capsys)
+    assert_one_line_error(code, err, str(masks[3]), "JPEG", "data.options.allow_lossy_masks=true")
+    shutil.rmtree(tgs_copy / "train" / "masks")
+    lines = (tgs_copy / "train.csv").read_text().splitlines()
+    sample_id = lines[4].split(",")[0]
+    lines[4] = f"{sample_id},5 10 20"
+    (tgs_copy / "train.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = run_cli(args, capsys)
+    assert_one_line_error(code, err, str(tgs_copy / "train.csv"), f"line 5 (id '{sample_id}')", "odd number")
+    assert not (tmp_path / "run").exists()

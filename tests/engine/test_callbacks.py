@@ -10,7 +10,8 @@ import torch
 
 from run_fixtures import tiny_config
 from unetlab.api import train as api_train
-from unetlab.engine.callbacks import Callback, CallbackList, EarlyStopping, TimeBudget, default_callbacks
+from unetlab.engine.callbacks import (Callback, CallbackList, DivergenceGuard, EarlyStopping, TimeBudget,
+                                     TrainingDiverged, default_callbacks)
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.trainer import LoopState, resume, train
 from unetlab.run_folder import RunFolder
@@ -134,8 +135,8 @@ def test_default_callbacks_follow_the_config_and_the_rank():
     cfg = tiny_config("train.max_minutes=5", "train.early_stop_patience=0")
     main = [type(c).__name__ for c in default_callbacks(cfg, is_main=True, progress=False)]
     other = [type(c).__name__ for c in default_callbacks(cfg, is_main=False, progress=True)]
-    assert main == ["TimeBudget", "MetricsCsv", "TensorBoard", "LearningCurves", "EpochLines"]
-    assert other == ["TimeBudget"]  # only rank 0 writes files and speaks
+    assert main == ["DivergenceGuard", "TimeBudget", "MetricsCsv", "TensorBoard", "LearningCurves", "EpochLines"]
+    assert other == ["DivergenceGuard", "TimeBudget"]  # only rank 0 writes files and speaks
 
 
 def test_callback_list_returns_the_first_stop_reason_and_closes_every_callback():
@@ -159,3 +160,78 @@ def test_callback_list_returns_the_first_stop_reason_and_closes_every_callback()
     with pytest.raises(OSError):
         callbacks.on_fit_end(None, object())
     assert math.isnan(LoopState().best_value)
+
+
+class _StepTrainer:
+    """What DivergenceGuard reads of a trainer, on a CPU or (by name only) a CUDA device."""
+
+    def __init__(self, tmp_path: Path, device: str = "cpu", steps_per_epoch: int = 40, *overrides: str):
+        from unetlab.engine.distributed import World
+
+        self.cfg = tiny_config("optim.lr=0.5", *overrides)
+        self.device, self.steps_per_epoch, self.world = torch.device(device), steps_per_epoch, World()
+        self.state, self.run = LoopState(epoch=2, global_step=80), RunFolder(tmp_path / "run")
+
+    def feed(self, guard, losses) -> int:
+        """Give `guard` one step per loss; return how many steps passed before it stopped the run."""
+        for k, loss in enumerate(losses):
+            step = self.state.global_step % self.steps_per_epoch
+            self.state.global_step += 1
+            try:
+                guard.on_step_end(self, step, torch.tensor(loss))
+            except TrainingDiverged as exc:
+                self.error = str(exc)
+                return k
+        return len(losses)
+
+
+def test_divergence_guard_stops_at_the_first_nan_step_on_cpu(tmp_path):
+    trainer = _StepTrainer(tmp_path)
+    guard = DivergenceGuard()
+    guard.on_fit_start(trainer)
+    assert trainer.feed(guard, [0.7, 0.6, 0.5, math.nan, 0.4]) == 3
+    message = trainer.error
+    assert "training diverged: the training loss reached nan at step 84 (epoch 3)" in message
+    assert "optim.lr=0.5 is likely too high for adam" in message and "--set optim.lr=0.001" in message
+    assert "optim.grad_clip_norm" in message and "train.precision" not in message  # tiny runs are fp32
+    assert "epoch 2 and before are kept" in message and "\n" not in message
+
+
+def test_divergence_guard_stops_an_exploding_loss_not_a_growing_one(tmp_path):
+    trainer = _StepTrainer(tmp_path, "cpu", 40, "train.precision=bf16", "optim.grad_clip_norm=5")
+    guard = DivergenceGuard(factor=1e3)
+    guard.on_fit_start(trainer)
+    # Limit 1000 x max(1, first loss 0.3): a loss that grows 2000-fold from 0.3 is still training.
+    assert trainer.feed(guard, [0.3, 2.0, 50.0, 999.0]) == 4
+    assert trainer.feed(guard, [1001.0]) == 0
+    assert "reached 1001, over 1000x the first loss 0.3" in trainer.error
+    assert "or bf16 overflowed" in trainer.error and "--set train.precision=fp32" in trainer.error
+    assert "grad_clip_norm" not in trainer.error  # already clipping
+    guard.on_fit_start(trainer)  # a new session takes its own first loss
+    assert trainer.feed(guard, [math.inf]) == 0 and "reached inf" in trainer.error
+
+
+def test_divergence_guard_on_a_gpu_reads_the_loss_every_n_steps_and_at_epoch_end(tmp_path):
+    trainer = _StepTrainer(tmp_path, "cuda", 40)
+    trainer.state.global_step = 0
+    guard = DivergenceGuard(gpu_every=16)
+    guard.on_fit_start(trainer)
+    # NaN at step 3: seen at the check after step 15, not before (no synchronisation per step).
+    assert trainer.feed(guard, [0.7, 0.6, 0.5, math.nan] + [0.5] * 30) == 15
+    assert "reached nan by step 16" in trainer.error
+    trainer.state.global_step = 32  # steps 32..39 end the epoch: its last step is always checked
+    guard.on_fit_start(trainer)
+    assert trainer.feed(guard, [0.7, 0.6, 0.5, 0.4, math.nan, 0.5, 0.5, 0.5]) == 7
+    assert "by step 40" in trainer.error
+
+
+def test_divergence_guard_refuses_an_epoch_whose_validation_loss_is_not_finite(tmp_path):
+    trainer = _StepTrainer(tmp_path)
+    guard = DivergenceGuard()
+    guard.on_fit_start(trainer)
+    trainer.feed(guard, [0.7])
+    row = {"epoch": 3, "train/loss": 0.6, "val/loss": 0.9, "val/tgs_map": 0.5}
+    guard.on_epoch_end(trainer, row)  # a healthy epoch passes
+    for bad in (math.nan, math.inf, 5e3):
+        with pytest.raises(TrainingDiverged, match="training diverged: val/loss is .* after epoch 3"):
+            guard.on_epoch_end(trainer, {**row, "val/loss": bad})

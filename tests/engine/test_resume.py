@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from run_fixtures import TINY, tiny_config
+from unetlab.engine.callbacks import Callback
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.engine.trainer import resume, train
 from unetlab.errors import ConfigError, UnetlabError
@@ -121,3 +122,54 @@ def test_cli_resume_refuses_config_and_out(uninterrupted, capsys):
 
     code, _, err = run_cli(["train", "--resume", str(uninterrupted), "--out", "x"], capsys)
     assert code == 2 and "--resume" in err and "Traceback" not in err
+
+
+def _same_weights(run: Path, reference: Path) -> None:
+    whole = load_checkpoint(reference / "checkpoints" / "last.pt")["train_model_state"]
+    again = load_checkpoint(run / "checkpoints" / "last.pt")["train_model_state"]
+    for key, value in whole.items():
+        assert torch.equal(value, again[key]), f"{key} differs from the uninterrupted run"
+
+
+class _DiesAtFirstStep(Callback):
+    def on_step_end(self, trainer, step, loss):
+        raise RuntimeError("killed")
+
+
+def test_cli_resume_restarts_a_run_stopped_before_its_first_checkpoint(uninterrupted, tgs_dir, tmp_path, capsys):
+    from run_fixtures import run_cli
+
+    run = tmp_path / "early"
+    with pytest.raises(RuntimeError, match="killed"):
+        train(tiny_config(*RESUME), data_root=tgs_dir, run_dir=run, progress=False, log=lambda _: None,
+              callbacks=[_DiesAtFirstStep()])
+    (run / "checkpoints" / ".last.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # killed while writing it
+    code, out, err = run_cli(["train", "--resume", str(run), "--no-eval", "--no-progress"], capsys)
+    assert code == 0, err
+    assert f"restarting {run} from epoch 0: it stopped before its first checkpoint" in out
+    _same_weights(run, uninterrupted)  # a restart is the run from scratch: same seed, same weights
+    assert _comparable(_rows(run)) == _comparable(_rows(uninterrupted))
+    assert not list(run.rglob("*.tmp")) and len(list(run.glob("events.out.tfevents.*"))) == 1
+
+
+def test_sigkill_in_the_first_epoch_then_resume_restarts_it(uninterrupted, tgs_dir, tmp_path):
+    run = tmp_path / "killed-early"
+    sets = [arg for item in RESUME for arg in ("--set", item)]
+    command = [sys.executable, "-m", "unetlab", "train", "--data", str(tgs_dir), "--out", str(run),
+               "--no-eval", "--no-progress", *sets]
+    process = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+    split = run / "split.json"  # written at set-up, just before the data go to the device and epoch 1 starts
+    deadline = time.monotonic() + 120
+    while not split.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert split.exists(), process.stderr.read().decode()
+    assert not (run / "checkpoints" / "last.pt").exists(), "killed too late: the first epoch had ended"
+    with pytest.raises(UnetlabError, match="stopped before its first checkpoint.*--resume"):
+        train(tiny_config(*RESUME), data_root=tgs_dir, run_dir=run, progress=False, log=lambda _: None)
+
+    result = resume(run, progress=False, log=lambda _: None)
+    assert result.epochs_run == 4
+    _same_weights(run, uninterrupted)

@@ -79,10 +79,62 @@ def test_existing_run_folder_is_never_overwritten(tiny_run, tgs_dir):
         train(tiny_config(), tgs_dir, run_dir=tiny_run, progress=False, log=lambda _: None)
 
 
-def test_unknown_monitor_is_refused(tgs_dir, tmp_path):
-    with pytest.raises(ConfigError, match="train.monitor"):
-        train(tiny_config("train.monitor=val/nope"), tgs_dir, run_dir=tmp_path / "r", progress=False,
-              log=lambda _: None)
+def test_unknown_monitor_is_refused_before_the_first_step(tgs_dir, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error, run_cli
+
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    code, _, err = run_cli(["train", "--data", str(tgs_dir), "--out", str(tmp_path / "r"), "--no-progress", *sets,
+                            "--set", "train.monitor=val/bogus"], capsys)
+    # Every name the binary task logs is offered, and nothing was trained or written.
+    assert_one_line_error(code, err, "train.monitor", "'val/bogus'", "train/loss, val/loss, val/pixel_accuracy, "
+                          "val/iou, val/dice, val/precision, val/recall, val/tgs_map, val/mean_image_iou")
+    assert not (tmp_path / "r").exists()
+
+
+def test_monitor_names_are_the_metrics_the_task_logs():
+    from unetlab.engine.trainer import monitor_names
+    from unetlab.tasks import build_task
+
+    assert monitor_names(build_task("multiclass", ["sky", "road"])) == [
+        "train/loss", "val/loss", "val/pixel_accuracy", "val/mean_accuracy", "val/miou", "val/mean_dice",
+        "val/fw_iou", "val/iou/sky", "val/iou/road"]
+
+
+class _PoisonWeights:
+    """At the first step of epoch 2, make every weight NaN: the next step's loss is NaN."""
+
+    def on_step_end(self, trainer, step, loss):
+        if trainer.state.epoch == 1 and step == 0:
+            with torch.no_grad():
+                for parameter in trainer.model.parameters():
+                    parameter.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_the_run_at_once_and_keeps_the_last_good_checkpoints(tgs_dir, tmp_path):
+    run = tmp_path / "run"
+    # 12 training images in batches of 4: 3 steps an epoch; poisoned after step 4, so step 5 is NaN.
+    with pytest.raises(UnetlabError, match=r"training diverged: the training loss reached nan at step 5 \(epoch 2\)"
+                                           r".*optim.lr.*epoch 1 and before are kept"):
+        train(tiny_config("train.batch_size=4", "train.epochs=3"), tgs_dir, run_dir=run, progress=False,
+              log=lambda _: None, callbacks=[_PoisonWeights()])
+    for which in ("last", "best"):
+        payload = load_checkpoint(run / "checkpoints" / f"{which}.pt")
+        assert payload["epoch"] == 1, which
+        assert all(torch.isfinite(value).all() for value in payload["model_state"].values()), which
+    assert [int(row["epoch"]) for row in _rows(run)] == [1]
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_cli_train_with_a_huge_learning_rate_fails_with_one_line_naming_the_causes(tgs_dir, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error, run_cli
+
+    sets = [arg for item in TINY for arg in ("--set", item)]
+    code, _, err = run_cli(["train", "--data", str(tgs_dir), "--out", str(tmp_path / "r"), "--no-progress", *sets,
+                            "--set", "optim.lr=1e6", "--set", "optim.name=sgd", "--set", "train.precision=bf16"],
+                           capsys)
+    assert_one_line_error(code, err, "training diverged", "optim.lr=1e+06 is likely too high for sgd",
+                          "--set optim.lr=0.001", "--set train.precision=fp32", "optim.grad_clip_norm")
+    assert not (tmp_path / "r" / "checkpoints" / "best.pt").exists()
 
 
 def test_split_file_is_reused(tiny_run, tgs_dir, tmp_path):

@@ -1,4 +1,6 @@
 import csv
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +100,182 @@ def test_min_area_empties_small_predictions(tiny_run, mixed_images, tmp_path):
     assert read_binary_mask(emptied[0]).sum() == 0
     rows = dict(csv.reader((tmp_path / "emptied" / "predictions.csv").read_text().splitlines()))
     assert rows["a"] == ""
+
+
+# ---------------------------------------------------------------- never destroys the user's files
+
+def _hashes(root):
+    """sha256 of every file under `root` by relative path: the user's files, to compare before and after."""
+    import hashlib
+
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _predict_cli(capsys, tiny_run, *args):
+    from run_fixtures import run_cli
+
+    return run_cli(["predict", str(tiny_run), *map(str, args)], capsys)
+
+
+@pytest.fixture
+def labelled(tmp_path):
+    """A TGS-like folder: train/images and train/masks (ground truth with the images' names)."""
+    train = tmp_path / "data" / "train"
+    images, _ = generate_seismic(2, size=40, seed=9)
+    for name in ("images", "masks"):
+        (train / name).mkdir(parents=True)
+    for k, image in enumerate(images):
+        Image.fromarray(image).save(train / "images" / f"s{k}.png")
+        Image.fromarray(((image > 128) * 255).astype(np.uint8)).save(train / "masks" / f"s{k}.png")
+    return train
+
+
+@pytest.mark.parametrize("where", ["parent", "input", "masks beside", "masks inside"])
+def test_predict_refuses_an_out_folder_holding_the_inputs_or_their_masks(tiny_run, labelled, capsys, where):
+    before = _hashes(labelled.parent)
+    out, inputs = {"parent": (labelled, labelled / "images"), "input": (labelled / "images", labelled / "images"),
+                   "masks beside": (labelled / "masks", labelled / "images"),
+                   "masks inside": (labelled, labelled / "images" / "s0.png")}[where]
+    code, _, err = _predict_cli(capsys, tiny_run, inputs, "--out", out)
+    from run_fixtures import assert_one_line_error
+
+    assert_one_line_error(code, err, f"--out {out}", "another folder")
+    assert _hashes(labelled.parent) == before  # nothing changed, nothing added
+
+
+def test_predict_never_overwrites_files_it_did_not_write(tiny_run, labelled, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error
+
+    truth = tmp_path / "truth"  # ground-truth masks copied elsewhere, named like the predictions
+    (truth / "masks").mkdir(parents=True)
+    (truth / "masks" / "s1.png").write_bytes((labelled / "masks" / "s1.png").read_bytes())
+    (truth / "notes.txt").write_text("mine\n")
+    before = _hashes(truth)
+    code, _, err = _predict_cli(capsys, tiny_run, labelled / "images", "--out", truth)
+    assert_one_line_error(code, err, str(truth / "masks" / "s1.png"), "--overwrite", "--out")
+    assert _hashes(truth) == before
+    code, _, err = _predict_cli(capsys, tiny_run, labelled / "images", "--out", truth, "--overwrite")
+    assert code == 0, err
+    assert (truth / "notes.txt").read_text() == "mine\n"
+    assert read_binary_mask(truth / "masks" / "s1.png").shape == (40, 40)
+
+
+@pytest.mark.parametrize("existing", ["predictions.csv", "overlays/s0.png", "probabilities/s0.npy"])
+def test_every_output_name_is_checked_before_anything_is_written(tiny_run, labelled, tmp_path, capsys, existing):
+    from run_fixtures import assert_one_line_error
+
+    out = tmp_path / "out"
+    (out / existing).parent.mkdir(parents=True, exist_ok=True)
+    (out / existing).write_bytes(b"user data")
+    code, _, err = _predict_cli(capsys, tiny_run, labelled / "images", "--out", out, "--probabilities", "npy")
+    assert_one_line_error(code, err, str(out / existing), "--overwrite")
+    assert _hashes(out) == {existing: _hashes(out)[existing]} and (out / existing).read_bytes() == b"user data"
+
+
+def test_predict_replaces_its_own_earlier_output_without_overwrite(tiny_run, labelled, tmp_path):
+    from unetlab.inference.predict import MANIFEST
+
+    out = tmp_path / "out"
+    predict(tiny_run, [labelled / "images"], out, log=lambda _: None)
+    first = _hashes(out)
+    listed = json.loads((out / MANIFEST).read_text())["files"]
+    assert sorted(listed) == sorted(name for name in first if name != MANIFEST)
+    predict(tiny_run, [labelled / "images"], out, log=lambda _: None)  # a rerun: its own files, no --overwrite
+    assert _hashes(out) == first
+
+
+def test_predict_out_naming_a_file_is_one_line(tiny_run, labelled, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error
+
+    target = tmp_path / "result.png"
+    target.write_bytes(b"keep me")
+    code, _, err = _predict_cli(capsys, tiny_run, labelled / "images", "--out", target)
+    assert_one_line_error(code, err, str(target), "is a file")
+    assert target.read_bytes() == b"keep me"
+
+
+def test_segy_output_names_are_checked_before_the_volume_is_read(tiny_run, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error
+
+    (tmp_path / "in").mkdir()
+    volume = tmp_path / "in" / "vol.sgy"
+    volume.write_bytes(b"never read: the refusal comes first")
+    out = tmp_path / "results" / "out"  # not beside the input folder (that alone is refused)
+    (out / "previews").mkdir(parents=True)
+    for name in ("vol-salt-mask.npy", "previews/vol-inline-12.5.png"):
+        (out / name).write_bytes(b"user data")
+        code, _, err = _predict_cli(capsys, tiny_run, volume, "--out", out, "--segy-write", "mask", "--segy-format",
+                                    "npy", "--segy-preview", "12.5")
+        assert_one_line_error(code, err, str(out / name), "--overwrite")
+        (out / name).unlink()
+    assert not any(out.rglob("*.*"))
+
+
+def test_the_manifest_lists_exactly_the_files_predict_wrote(tiny_run, labelled, tmp_path):
+    """Images and a SEG-Y volume with every output switched on: the names checked beforehand (and listed
+    in the manifest) are the names written, so the check covers every file."""
+    import segyio.tools
+
+    from unetlab.inference.predict import MANIFEST
+
+    volume = tmp_path / "vol.sgy"
+    segyio.tools.from_array(str(volume), np.random.default_rng(0).normal(size=(3, 4, 24)).astype(np.float32))
+    out = tmp_path / "results"
+    predict(tiny_run, [volume, labelled / "images"], out, probabilities="png16", log=lambda _: None,
+            segy={"write": "mask", "formats": ("segy", "npy"), "previews": (2,), "axis": "crossline", "clip": 1.0})
+    written = sorted(name for name in _hashes(out) if name != MANIFEST)
+    assert written == sorted(json.loads((out / MANIFEST).read_text())["files"])
+    assert {"vol-salt-mask.sgy", "vol-salt-mask.npy", "vol-salt.json", "previews/vol-crossline-2.png",
+            "probabilities/s0.png", "predictions.csv"} <= set(written)
+
+
+# ---------------------------------------------------------------- huge images: limit and bounded memory
+
+@pytest.mark.parametrize("multiclass", [False, True])
+def test_overlays_drawn_in_bands_equal_the_whole_image(monkeypatch, multiclass):
+    from unetlab.inference import predict as module
+    from unetlab.viz import colorize_labels, label_palette, overlay_boundary
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 23), dtype=np.uint8)
+    labels = (rng.random((37, 23)) < 0.5).astype(np.uint8) * (2 if multiclass else 1)
+    palette = label_palette(3)
+    if multiclass:
+        draw, halo = (lambda im, lab: module._blend(im, colorize_labels(lab, palette))), 0
+    else:
+        draw, halo = (lambda im, lab: overlay_boundary(im, lab.astype(bool))), 1
+    whole = draw(image, labels)
+    monkeypatch.setattr(module, "BAND_PIXELS", 23 * 4)  # bands of 4 rows
+    np.testing.assert_array_equal(module._in_row_bands(draw, image, labels, halo=halo), whole)
+
+
+def test_a_large_image_is_predicted_in_bounded_memory(tiny_run, tmp_path, monkeypatch):
+    """Peak NumPy memory of predicting one 1200 x 1000 image in tiles stays within ~16 bytes per pixel:
+    the image (1), its probabilities (4), the mask (1), the overlay (3) and RLE temporaries; an overlay
+    computed in float64 at once (24 bytes per pixel) would break it. (tracemalloc sees NumPy's buffers;
+    the model runs tile by tile.)"""
+    import tracemalloc
+
+    from unetlab.inference import predict as module
+
+    monkeypatch.setattr(module, "BAND_PIXELS", 1 << 16)
+    image, _ = generate_seismic(1, size=(1200, 1000), seed=1)
+    Image.fromarray(image[0]).save(tmp_path / "big.png")
+    tracemalloc.start()
+    try:
+        predict(tiny_run, [tmp_path / "big.png"], tmp_path / "out", tile=256, tile_overlap=16, log=lambda _: None)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert read_binary_mask(tmp_path / "out" / "masks" / "big.png").shape == (1200, 1000)
+    assert peak < 16 * 1200 * 1000, peak / (1200 * 1000)
+
+
+def test_an_image_over_the_pixel_limit_is_refused_naming_the_option(tiny_run, labelled, tmp_path, capsys):
+    from run_fixtures import assert_one_line_error
+
+    before = _hashes(labelled)
+    code, _, err = _predict_cli(capsys, tiny_run, labelled / "images", "--out", tmp_path / "o", "--max-pixels", 1000)
+    assert_one_line_error(code, err, "s0.png", "40 x 40 = 1,600 pixels", "--max-pixels")
+    assert _hashes(labelled) == before

@@ -381,3 +381,69 @@ def test_a_silent_server_times_out(tmp_path, monkeypatch):
         with pytest.raises(UnetlabError, match="timed out") as info:
             weights.load_encoder_weights("imagenet", cache_dir=tmp_path / "cache")
     assert "\n" not in str(info.value)
+
+
+# ---------------------------------------------------------------- weights: refusals in one line
+
+@pytest.mark.parametrize("change", ["missing", "renamed", "reshaped"])
+def test_weights_that_do_not_fit_are_one_line_naming_the_file_counts_and_keys(tmp_path, change):
+    state = fake_torchvision_state_dict()
+    if change == "missing":
+        for key in ("layer3.2.bn1.running_var", "layer4.0.conv1.weight", "bn1.bias"):
+            del state[key]
+        expected = "3 missing (e.g. bn1.bias, layer3.2.bn1.running_var)"
+    elif change == "renamed":  # another library's names: every key is both missing and unexpected
+        state = {f"backbone.{key}": value for key, value in state.items()}
+        expected = "216 missing (e.g. conv1.weight, bn1.weight); 218 unexpected (e.g. backbone.conv1.weight"
+    else:
+        state["layer4.0.conv1.weight"] = state["layer4.0.conv1.weight"][:, :100].contiguous()
+        expected = "1 of another shape (e.g. layer4.0.conv1.weight)"
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(UnetlabError) as info:
+        ResNetUNet(encoder_weights=path, decoder_widths=(16, 16, 8, 8, 8))
+    message = str(info.value)
+    assert message.startswith(f"model.encoder_weights: {path} does not fit the ResNet-34 encoder: keys ")
+    assert expected in message and "torchvision-compatible ResNet-34 state dict" in message
+    assert "\n" not in message and len(message) < 400
+
+
+def test_weights_of_pickled_objects_are_refused_saying_why(tmp_path):
+    path = tmp_path / "module.pth"
+    torch.save({"encoder": nn.Linear(2, 2)}, path)  # a pickled module, not a state dict
+    with pytest.raises(UnetlabError) as info:
+        weights.load_encoder_weights(path)
+    message = str(info.value)
+    assert message.startswith(f"model.encoder_weights: {path}: holds pickled Python objects (torch.nn.")
+    assert "never unpickles" in message and "weights_only=True" in message and "state_dict()" in message
+
+
+def test_a_local_file_named_like_the_download_must_have_its_hash(tmp_path, monkeypatch):
+    state = fake_torchvision_state_dict(seed=1)
+    genuine = tmp_path / "genuine.pth"
+    torch.save(state, genuine)
+    digest = hashlib.sha256(genuine.read_bytes()).hexdigest()
+    name = f"resnet34-{digest[:8]}.pth"
+    monkeypatch.setattr(weights, "WEIGHTS", {"imagenet": (f"https://example.invalid/models/{name}", digest[:8])})
+    official = genuine.rename(tmp_path / name)
+    _assert_state_equal(weights.load_encoder_weights(official), state)  # the genuine file passes
+    torch.save(fake_torchvision_state_dict(seed=2), official)  # same name, other weights
+    with pytest.raises(UnetlabError) as info:
+        weights.load_encoder_weights(official)
+    message = str(info.value)
+    assert str(official) in message and f"not {digest[:8]}" in message and "download it again" in message
+    assert "\n" not in message
+    other = official.rename(tmp_path / "my-resnet34.pth")  # renamed, the same weights are taken as given
+    assert set(weights.load_encoder_weights(other)) == set(state)
+
+
+def test_train_with_weights_that_do_not_fit_is_one_line(tgs_dir, tmp_path, capsys):
+    from run_fixtures import TINY, assert_one_line_error, run_cli
+
+    path = tmp_path / "wrong-keys.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7), "head.weight": torch.zeros(2)}, path)
+    sets = [o for o in TINY if not o.startswith("model.")]
+    sets += ["model.name=resnet34_unet", f"model.encoder_weights={path}", "model.decoder_widths=[16,16,8,8,8]"]
+    code, _, err = run_cli(["train", "--data", str(tgs_dir), "--out", str(tmp_path / "run"), "--no-progress",
+                            *(item for o in sets for item in ("--set", o))], capsys)
+    assert_one_line_error(code, err, str(path), "215 missing", "1 unexpected (e.g. head.weight)")

@@ -8,7 +8,8 @@ stem, corrupt file and size mismatch. Other formats go through their reader: a `
 becomes one fatal problem.
 
 Then it summarises what is readable: counts, image sizes and modes, the mask values (as stored and
-as class indices after the format's mapping, e.g. TGS `mask > 0`), pixel share per class, empty
+as class indices after the format's mapping, e.g. TGS's `binary_rule`); masks the reader would
+refuse (`formats/labels.py`: lossy files, values the binary rule does not take) are fatal problems, pixel share per class, empty
 masks and foreground coverage, per-channel mean/std (`stats.RunningMoments`, [0, 1] units).
 `print_report` renders rich tables; with `out_dir`, `samples.png` (image/mask pairs, empty and
 non-empty mixed) and `inspection.json` (every number and problem) are written.
@@ -131,6 +132,7 @@ class _Collector:
         self.moments: dict[int, RunningMoments] = {}
         self.moment_images: Counter[int] = Counter()
         self.pairs: list[tuple[str, bool, Callable[[], tuple[np.ndarray, np.ndarray]]]] = []
+        self.refused_masks: dict[str, list[str]] = {}  # kind ("lossy", "values") -> the reader's messages
 
     def problem(self, severity: str, message: str, kind: str = "") -> None:
         self.report.problems.append(Problem(severity, message, kind))
@@ -320,6 +322,9 @@ def _decode_mask(col: _Collector, layout: PairLayout, stem: str, path: Path | No
             col.report.unreadable.append(str(path))
             col.problem("fatal", _error_text(exc, path), "unreadable")
             return None
+        refused = layout.mask_problem(path, values) if layout.mask_problem is not None else None
+        if refused is not None:  # the reader's own check: counted here, reported once per kind in _finish
+            col.refused_masks.setdefault(refused[0], []).append(refused[1])
         return values, classes, _mask_mode(path, values), str(path)
     if shape is None:
         return None  # a row needs its image's size to be decoded
@@ -328,8 +333,8 @@ def _decode_mask(col: _Collector, layout: PairLayout, stem: str, path: Path | No
         values = rows[stem](shape).astype(np.uint8)  # type: ignore[index]
     except Exception as exc:  # noqa: BLE001
         col.report.unreadable.append(where)
-        col.problem("fatal", f"{where}: cannot decode the run-length mask ({exc}); fix or remove the row",
-                    "unreadable")
+        col.problem("fatal", str(exc) if isinstance(exc, DataError) else
+                    f"{where}: cannot decode the run-length mask ({exc}); fix or remove the row", "unreadable")
         return None
     return values, values, f"{layout.mask_table.name} run-length", where  # type: ignore[union-attr]
 
@@ -492,7 +497,10 @@ def _finish(col: _Collector, fmt: str, num_classes: int | None, nonzero_is_foreg
         report.std = moments.std.tolist()
         report.pixels_per_channel = moments.count
 
-    # --- mask values: the 0/255 warning and values beyond the classes ---
+    # --- mask values: what the reader refuses, the 0/255 warning and values beyond the classes ---
+    for kind, messages in col.refused_masks.items():
+        more = f" ({len(messages)} such masks in all)" if len(messages) > 1 else ""
+        col.problem("fatal", messages[0] + more, kind)
     stored = set(col.values)
     if nonzero_is_foreground and stored - {0}:
         high = sorted(stored - {0})
@@ -502,7 +510,7 @@ def _finish(col: _Collector, fmt: str, num_classes: int | None, nonzero_is_foreg
                                    f"{', '.join('{' + s.replace(',', ', ') + '}' for s in report.mask_value_sets)});"
                                    f" binarised with > 0 by the {fmt} reader; for index masks set a mapping "
                                    "(e.g. --format folders with class indices)", "values")
-        elif len(high) > 1:
+        elif len(high) > 1 and "values" not in col.refused_masks:  # else refused above (binary_rule=strict)
             col.problem("warning", f"{report.root}: masks hold {len(high)} non-zero values ({high[:8]}); the "
                                    f"{fmt} reader makes every value > 0 foreground: anti-aliased or resampled "
                                    "masks? Re-export them as 0/255, or read index masks with --format folders",

@@ -10,27 +10,82 @@ integers (16/32-bit, signed too) linearly from [min(0, image min), image max] to
 min-max per image to [0, 255], NaN and infinities counted as 0. The scale is per image: a 16-bit
 image that only uses 0..4095 is stretched to the full range (scale amplitudes yourself when the
 absolute level matters, and keep training and prediction files alike).
+
+Every reader refuses an image of more than `max_pixels()` pixels (height x width) before decoding it:
+a decompression bomb (a small file that claims a huge size) or an image too large to hold. The
+limit is `DEFAULT_MAX_PIXELS` unless a stage sets its config's `data.max_pixels` with `pixel_limit`.
+Pillow's own limit (a warning above 89 M pixels, an error above 179 M) gives way to this one.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
+import threading
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from unetlab.errors import DataError
-from unetlab.files import atomic_write_bytes
+from unetlab.files import atomic_path
+
+# 16384 x 16384: a 12000 x 12000 seismic section (or any image up to the common 16 K texture size) is
+# read, while an image's own arrays stay a few hundred MB (256 MiB grey, 768 MiB RGB as uint8) and a
+# compressed bomb claiming gigapixels is refused before a byte of it is decoded.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+MAX_PIXELS_OPTION = "data.max_pixels"
+_limit = {"pixels": DEFAULT_MAX_PIXELS, "option": MAX_PIXELS_OPTION}
+_PILLOW_LOCK = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide
+
+
+def max_pixels() -> int:
+    """The pixels per image the readers accept now (see the module docstring)."""
+    return _limit["pixels"]
+
+
+@contextlib.contextmanager
+def pixel_limit(pixels: int | None, option: str = MAX_PIXELS_OPTION) -> Iterator[None]:
+    """Readers inside refuse images of more than `pixels` pixels (None: keep the current limit); their
+    error names `option`, the setting that raises the limit."""
+    saved = dict(_limit)
+    if pixels is not None:
+        _limit.update(pixels=int(pixels), option=option)
+    try:
+        yield
+    finally:
+        _limit.update(saved)
+
+
+def check_pixels(path: Path, shape: Sequence[int]) -> None:
+    """Refuse an image of `shape` (height, width, ...) over the limit, before it is decoded."""
+    height, width = int(shape[0]), int(shape[1])
+    pixels = height * width
+    if pixels > _limit["pixels"]:
+        raise DataError(f"{path}: {width} x {height} = {pixels:,} pixels, more than the {_limit['pixels']:,} "
+                        f"per image allowed ({_limit['option']}); a decompression bomb or an image too large "
+                        f"to hold: raise {_limit['option']} only for a genuine image you have the memory for")
 
 
 def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
-        image.load()
+        with _PILLOW_LOCK:  # the header only: our limit replaces Pillow's, checked before decoding
+            saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(path)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+        try:
+            check_pixels(path, image.size[::-1])
+            image.load()
+        except BaseException:
+            image.close()
+            raise
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: more pixels than Pillow opens safely ({Image.MAX_IMAGE_PIXELS * 2}); "
+    except Image.DecompressionBombError:  # a later frame (GIF) larger than Pillow's own limit
+        raise DataError(f"{path}: a frame has more pixels than Pillow decodes safely ({Image.MAX_IMAGE_PIXELS * 2:,}); "
                         "save very large images as TIFF or .npy") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc.__class__.__name__}); the file is corrupt "
@@ -79,11 +134,9 @@ def save_png(path: str | Path, array: np.ndarray) -> Path:
     """Write a uint8 grey/RGB array (or a bool mask as 0/255) as PNG, atomically."""
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
-    return atomic_write_bytes(path, buffer.getvalue())
+    with atomic_path(path) as tmp:  # encoded straight into the file: no copy of a huge PNG in memory
+        Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG")
+    return Path(path)
 
 
 # --- multi-channel images and class-index masks (used by unetlab.data.formats) ----------------------
@@ -118,6 +171,7 @@ def _read_npy(path: Path) -> np.ndarray:
     if array.ndim not in (2, 3) or array.dtype.kind not in "buif":
         raise DataError(f"{path}: .npy holds {array.dtype} of shape {array.shape}; expected one image of numbers, "
                         "(H, W) or (H, W, C)")
+    check_pixels(path, array.shape)
     return array
 
 
@@ -131,11 +185,14 @@ def _read_tiff(path: Path) -> np.ndarray:
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            _check_tiff_pixels(path, series.shape, series.axes)
             array = series.asarray()
             axes = series.axes
             page = tif.pages[0]
             extrasamples = tuple(getattr(page, "extrasamples", ()) or ())
             photometric = int(getattr(page, "photometric", 0) or 0)
+    except DataError:
+        raise
     except Exception as exc:  # tifffile raises many types for corrupt files
         raise DataError(f"{path}: cannot decode TIFF ({exc.__class__.__name__}); the file is corrupt: "
                         "replace or remove it") from None
@@ -148,6 +205,14 @@ def _read_tiff(path: Path) -> np.ndarray:
         raise DataError(f"{path}: TIFF holds an array of shape {array.shape} ({axes}); expected one image "
                         "(H, W) or (H, W, C): split stacks into one file per image")
     return array
+
+
+def _check_tiff_pixels(path: Path, shape: Sequence[int], axes: str) -> None:
+    """The limit on a TIFF series: its Y x X plane, times any further planes (pages) but samples or channels."""
+    planes = math.prod(n for n, axis in zip(shape, axes) if axis not in "YXSC")
+    height = math.prod(n for n, axis in zip(shape, axes) if axis == "Y") * planes
+    width = math.prod(n for n, axis in zip(shape, axes) if axis == "X")
+    check_pixels(path, (height, width))
 
 
 def _row_bands(array: np.ndarray, elements: int = 1 << 22) -> list[slice]:

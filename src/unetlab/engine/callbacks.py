@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from unetlab.engine.distributed import all_sum
+from unetlab.errors import UnetlabError
 from unetlab.viz import save_learning_curves
 
 if TYPE_CHECKING:
@@ -92,6 +94,78 @@ class TimeBudget(Callback):
         if state.epoch_seconds and trainer.elapsed() + typical_epoch_seconds(state) > self.minutes * 60:
             return f"time budget of {self.minutes:g} min reached"
         return None
+
+
+class TrainingDiverged(UnetlabError):
+    """The loss went NaN/inf or exploded: a one-line error (a search over learning rates may catch it as a
+    failed trial rather than stop)."""
+
+
+class DivergenceGuard(Callback):
+    """Stop a run whose loss went NaN/inf or exploded, before any weights it made are saved.
+
+    A loss counts as diverged when it is not finite or exceeds `factor` x max(1, the session's first
+    loss): segmentation losses start near 1 and shrink, so a thousandfold growth is never training.
+    Checked on every step on the CPU (reading a CPU tensor costs nothing); on a GPU the step losses'
+    peak is kept on the device and read every `gpu_every` steps and at each epoch's last step, one
+    synchronisation per check instead of one per step. Under DDP every rank checks at the same steps
+    and the verdict is summed over ranks, so all stop together. At epoch end the row's train and
+    validation losses are checked the same way, before metrics.csv and the checkpoints see them: a
+    diverged epoch never becomes best.pt or last.pt, the previous epoch's checkpoints stay.
+    Always on (first of the built-ins); the error names the likely causes and the fixes.
+    """
+
+    def __init__(self, factor: float = 1e3, gpu_every: int = 16):
+        self.factor, self.gpu_every = factor, gpu_every
+        self.every = 1
+        self.first = math.nan  # the session's first training loss
+        self.peak: torch.Tensor | None = None  # the largest loss since the last check (NaN if any was NaN)
+
+    @property
+    def limit(self) -> float:
+        return self.factor * max(self.first, 1.0) if math.isfinite(self.first) else -math.inf
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.every = 1 if trainer.device.type == "cpu" else self.gpu_every
+        self.first, self.peak = math.nan, None
+
+    def on_step_end(self, trainer: "Trainer", step: int, loss: torch.Tensor) -> None:
+        if self.peak is None and math.isnan(self.first):  # one synchronisation, at the session's first step
+            self.first = float(loss)
+        self.peak = loss if self.peak is None else torch.maximum(self.peak, loss)
+        if (step + 1) % self.every and step != trainer.steps_per_epoch - 1:
+            return
+        peak, self.peak = self.peak, None
+        diverged = all_sum(trainer.world, (~(peak <= self.limit)).float())  # NaN <= x is False
+        if float(diverged):
+            where = "by" if self.every > 1 else "at"
+            self._stop(trainer, f"the training loss reached {self._describe(float(peak))} {where} step "
+                                f"{trainer.state.global_step} (epoch {trainer.state.epoch + 1})", trainer.state.epoch)
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        for key in ("train/loss", "val/loss"):
+            if not row[key] <= self.limit:
+                self._stop(trainer, f"{key} is {self._describe(row[key])} after epoch {int(row['epoch'])}",
+                           int(row["epoch"]) - 1)
+
+    def _describe(self, value: float) -> str:
+        if not math.isfinite(value):
+            return f"{value}"
+        return f"{value:.4g}, over {self.factor:g}x the first loss {self.first:.4g}"
+
+    def _stop(self, trainer: "Trainer", what: str, saved_epoch: int) -> None:
+        cfg = trainer.cfg
+        causes = f"optim.lr={cfg.optim.lr:g} is likely too high for {cfg.optim.name}"
+        fixes = [f"lower optim.lr (e.g. --set optim.lr={min(cfg.optim.lr / 10, 1e-3):g})"]
+        if cfg.optim.grad_clip_norm is None:
+            fixes.append("clip gradients with --set optim.grad_clip_norm=1.0")
+        if cfg.train.precision != "fp32":
+            causes += f", or {cfg.train.precision} overflowed"
+            fixes.append("use --set train.precision=fp32")
+        kept = (f"the checkpoints of epoch {saved_epoch} and before are kept (last.pt, best.pt)" if saved_epoch
+                else "no checkpoint was written")
+        raise TrainingDiverged(f"{trainer.run.path}: training diverged: {what}; {causes}; "
+                           f"{', or '.join(fixes)}; {kept}")
 
 
 # ----------------------------------------------------------------------------- logging
@@ -204,9 +278,9 @@ class EpochLines(Callback):
 
 
 def default_callbacks(cfg: Any, is_main: bool, progress: bool) -> list[Callback]:
-    """The built-in callbacks `cfg` asks for, in order: stopping rules on every rank, then (rank 0 only)
-    metrics.csv, TensorBoard, learning curves and what the user sees."""
-    callbacks: list[Callback] = []
+    """The built-in callbacks `cfg` asks for, in order: the divergence guard and the stopping rules on
+    every rank, then (rank 0 only) metrics.csv, TensorBoard, learning curves and what the user sees."""
+    callbacks: list[Callback] = [DivergenceGuard()]
     if cfg.train.max_minutes:
         callbacks.append(TimeBudget(cfg.train.max_minutes))
     if cfg.train.early_stop_patience:
@@ -256,5 +330,6 @@ class CallbackList:
             raise errors[0]
 
 
-__all__ = ["Callback", "CallbackList", "EarlyStopping", "EpochLines", "LearningCurves", "MetricsCsv",
-           "ProgressBar", "TensorBoard", "TimeBudget", "default_callbacks", "typical_epoch_seconds"]
+__all__ = ["Callback", "CallbackList", "DivergenceGuard", "EarlyStopping", "EpochLines", "LearningCurves",
+           "MetricsCsv", "ProgressBar", "TensorBoard", "TimeBudget", "TrainingDiverged", "default_callbacks",
+           "typical_epoch_seconds"]

@@ -15,6 +15,7 @@ import torch
 
 from unetlab.errors import UnetlabError
 from unetlab.files import atomic_path
+from unetlab.models.weights import load_weights_only
 
 FORMAT = "unetlab-checkpoint-v1"
 
@@ -29,11 +30,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UnetlabError(f"{path}: checkpoint not found")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise UnetlabError(f"{path}: not a readable unetlab checkpoint ({exc.__class__.__name__}: "
-                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'no detail'})") from None
+    payload = load_weights_only(path, "use a checkpoint unetlab wrote (a run's checkpoints/best.pt or last.pt), "
+                                "or re-save the weights as a state dict: torch.save(model.state_dict(), path)")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise UnetlabError(f"{path}: not a unetlab checkpoint (missing format tag {FORMAT!r})")
     return payload

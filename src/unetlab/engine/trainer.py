@@ -11,7 +11,12 @@ weights (and averaged ones), optimiser, schedule, gradient scaler, epoch and ste
 random-number state, the early-stopping and best-checkpoint counters, elapsed time. `last.pt` is
 written before `best.pt`, so a kill between the two is repaired on resume from `last.pt` itself.
 With `train.deterministic` on CPU, a run killed and resumed ends with the same weights as one
-that never stopped (tested with SIGKILL).
+that never stopped (tested with SIGKILL). A run killed before its first checkpoint has nothing to
+go on from: resume restarts it from epoch 0 in the same folder, with its config.yaml.
+
+Faults stop the run with a one-line error before anything is written: a bad train.device or
+train.monitor at set-up, a diverged (NaN/inf or exploding) loss at the step or epoch it shows
+(`callbacks.DivergenceGuard`; the last good checkpoints stay).
 """
 
 from __future__ import annotations
@@ -86,6 +91,18 @@ def improved(value: float, best: float, mode: str) -> bool:
     if not math.isfinite(best):
         return True
     return value < best if mode == "min" else value > best
+
+
+def monitor_names(task: Any) -> list[str]:
+    """What `train.monitor` may name: the losses and the validation metrics an epoch row of `task` holds.
+
+    The metric names are the task's own: its accumulator is asked, on one blank 2x2 image.
+    """
+    metrics = task.new_metrics()
+    channels = 1 if task.name == "binary" else len(task.class_names)
+    task.update_metrics(metrics, task.probabilities(torch.zeros(1, channels, 2, 2)),
+                        torch.zeros(1, 2, 2, dtype=torch.uint8))
+    return ["train/loss", "val/loss", *(f"val/{key}" for key in metrics.compute())]
 
 
 def split_indices(cfg: Config, dataset: ArrayDataset, run: RunFolder | None, strata: np.ndarray,
@@ -188,9 +205,11 @@ class Trainer:
     """One training run, as small named steps; see the module docstring for the order."""
 
     def __init__(self, cfg: Config, world: World, *, run_dir: Path | None = None, runs_base: str | Path = "runs",
-                 dataset: ArrayDataset | None = None, resumed: dict[str, Any] | None = None,
+                 dataset: ArrayDataset | None = None, resumed: dict[str, Any] | None = None, restart: bool = False,
                  callbacks: Sequence[Callback] = (), progress: bool = True, log: Callable[[str], None] = print):
-        self.cfg, self.world, self.resumed = cfg, world, resumed
+        # resumed: last.pt's payload to go on from; restart: train `run_dir`, stopped before its first
+        # checkpoint, again from epoch 0 (RunFolder.restart clears what it wrote)
+        self.cfg, self.world, self.resumed, self._restart = cfg, world, resumed, restart
         self.is_main = world.is_main
         self.log: Callable[[str], None] = log if self.is_main else (lambda _message: None)  # only rank 0 speaks
         self._run_dir, self._runs_base, self._dataset = run_dir, runs_base, dataset
@@ -218,7 +237,7 @@ class Trainer:
         set_deterministic(cfg.train.deterministic)
         if cfg.train.num_threads:
             torch.set_num_threads(cfg.train.num_threads)
-        self.device = device = init_world(self.world, resolve_device(cfg.train.device))
+        self.device = device = init_world(self.world, resolve_device(cfg.train.device, "train.device"))
         if cfg.train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError("train.precision: this GPU has no bf16; use --set train.precision=fp16")
         if cfg.train.precision == "fp16" and device.type != "cuda":
@@ -233,6 +252,10 @@ class Trainer:
         self.dataset = dataset = self._dataset
         self.task = build_task(cfg.task, dataset.class_names, cfg.eval.threshold, cfg.eval.min_area,
                                palette=dataset.palette, min_component=cfg.eval.min_component)
+        choices = monitor_names(self.task)
+        if cfg.train.monitor not in choices:  # refused now, not after a whole epoch
+            raise ConfigError(f"bad value for 'train.monitor': {cfg.train.monitor!r} is not logged by a "
+                              f"{self.task.name} run; choose one of {', '.join(choices)}")
         if dataset.channels != cfg.model.in_channels:
             raise ConfigError(f"model.in_channels is {cfg.model.in_channels} but the images have {dataset.channels} "
                               f"channel(s); use --set model.in_channels={dataset.channels}")
@@ -242,12 +265,13 @@ class Trainer:
                               "to freeze")
 
     def _open_run(self) -> None:
-        """A new run folder with config.yaml (rank 0 creates it, every rank learns its path), or the resumed one."""
+        """A new run folder with config.yaml (rank 0 creates it, every rank learns its path), a restarted
+        one, or the resumed one."""
         if self.resumed is None:
             if self.is_main:
                 path = self._run_dir if self._run_dir is not None else RunFolder.new_path(self._runs_base,
                                                                                          self.cfg.name)
-                RunFolder.create(path).write_config(self.cfg)
+                (RunFolder.restart if self._restart else RunFolder.create)(path).write_config(self.cfg)
                 self._run_dir = path
             self._run_dir = Path(broadcast_object(self.world, str(self._run_dir)))
         assert self._run_dir is not None
@@ -443,9 +467,6 @@ class Trainer:
         row.update({f"val/{key}": float(value) for key, value in self.metrics.compute().items()})
         row["train/images_per_s"] = self.steps_per_epoch * self.images_per_step / train_seconds
         row["time_s"] = self.elapsed()
-        if self.cfg.train.monitor not in row:
-            raise ConfigError(f"train.monitor: {self.cfg.train.monitor!r} is not a logged metric; "
-                              f"choose one of {', '.join(k for k in row if '/' in k)}")
         return row
 
     def _advance(self, value: float) -> None:
@@ -525,6 +546,9 @@ class Trainer:
         state, data, world = self.state, self.data, self.world
         if self.resumed is not None:
             self.log(f"resuming {self.run.path} after epoch {state.epoch} (step {state.global_step})")
+        elif self._restart:
+            self.log(f"restarting {self.run.path} from epoch 0: it stopped before its first checkpoint "
+                     f"(its {RunFolder.CONFIG} is kept, what the run wrote was cleared)")
         else:
             self.log(f"run folder: {self.run.path}")
         self.log(f"data: {len(self.dataset)} images {data.height}x{data.width} from {self.dataset.root or 'memory'}; "
@@ -550,9 +574,7 @@ def train(config: Config, data_root: str | Path | None = None, run_dir: str | Pa
 
     `callbacks` (see `unetlab.engine.callbacks.Callback`) run after the built-in ones.
     """
-    cfg = config
-    if data_root is not None:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
+    cfg = _with_data_root(config, data_root)
     if cfg.data.root is None and dataset is None:
         raise ConfigError("data.root: no data folder given; pass --data DIR or set data.root in the config")
     return _fit(cfg, dict(run_dir=Path(run_dir) if run_dir is not None else None, runs_base=runs_base,
@@ -564,26 +586,37 @@ def resume(run_dir: str | Path, data_root: str | Path | None = None, progress: b
            overrides: list[str] | None = None, callbacks: Sequence[Callback] = ()) -> TrainResult:
     """Continue the run in `run_dir` from checkpoints/last.pt exactly where it stopped.
 
+    A run stopped before its first checkpoint (killed during epoch 1: config.yaml but no last.pt)
+    restarts from epoch 0 with its config.yaml, in the same folder (see `RunFolder.restart`).
     `overrides` may only extend the run (`RESUMABLE_OVERRIDES`); anything else would make the
     resumed run a different experiment.
     """
     run = RunFolder(run_dir)
-    if not run.config_path.is_file() or not run.has_checkpoint("last"):
-        raise UnetlabError(f"{run.path}: nothing to resume (needs {RunFolder.CONFIG} and checkpoints/last.pt "
-                           "written by 'unetlab train'); start a new run instead")
+    if not run.config_path.is_file():
+        raise UnetlabError(f"{run.path}: nothing to resume (no {RunFolder.CONFIG}, so not a run folder written by "
+                           "'unetlab train'); start a new run instead")
     bad = [o for o in overrides or [] if o.split("=", 1)[0].strip() not in RESUMABLE_OVERRIDES]
     if bad:
         raise ConfigError(f"--set {bad[0]!r} with --resume: a resumed run keeps its config; only "
                           f"{', '.join(RESUMABLE_OVERRIDES)} may change (start a new run for anything else)")
+    if not run.has_checkpoint("last"):
+        cfg = _with_data_root(run.read_config(overrides), data_root)
+        return _fit(cfg, dict(run_dir=run.path, dataset=dataset, restart=True, callbacks=callbacks,
+                              progress=progress, log=log))
     payload = run.load_checkpoint("last")
     if "loop_state" not in payload:
         raise UnetlabError(f"{run.checkpoint_path('last')}: written by an older unetlab without resume state; "
                            "start a new run")
-    cfg = run.read_config(overrides)
-    if data_root is not None:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
+    cfg = _with_data_root(run.read_config(overrides), data_root)
     return _fit(cfg, dict(run_dir=run.path, dataset=dataset, resumed=payload, callbacks=callbacks,
                           progress=progress, log=log))
+
+
+def _with_data_root(cfg: Config, data_root: str | Path | None) -> Config:
+    """`cfg` reading its data from `data_root` (None: where it says)."""
+    if data_root is None:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"root": str(data_root)})})
 
 
 def _fit(cfg: Config, options: dict[str, Any]) -> TrainResult:

@@ -122,6 +122,11 @@ def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
             factory(**probe)
     except (ValueError, TypeError) as exc:
         raise _value_error(name, options, exc) from None
+    except RuntimeError as exc:  # torch's own size checks (e.g. a width so large its tensors overflow)
+        changed = ", ".join(f"model.{k}={v!r}" for k, v in resolved.items()
+                            if v != signature.parameters[k].default)  # the options the user set
+        raise ConfigError(f"bad value for model {name!r} ({changed}): cannot build it: "
+                          f"{str(exc).splitlines()[0]}") from None
     return resolved
 
 

@@ -23,15 +23,40 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from unetlab.errors import UnetlabError
 from unetlab.models.blocks import SCSE, ConvBlock
 from unetlab.models.registry import register_model
-from unetlab.models.resnet import ResNetEncoder
+from unetlab.models.resnet import ResNetEncoder, drop_classifier
 from unetlab.models.unet import pad_to_multiple
-from unetlab.models.weights import load_encoder_weights
+from unetlab.models.weights import WEIGHTS, load_encoder_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUT_STRIDE = 32
+
+
+def _load_encoder(encoder: ResNetEncoder, spec: str | Path) -> None:
+    """The weights `spec` names into `encoder`; keys or shapes that do not fit are one line naming the file."""
+    state = load_encoder_weights(spec)
+    expected, given = encoder.state_dict(), drop_classifier(state)
+    missing = [key for key in expected if key not in given]
+    unexpected = [key for key in given if key not in expected]
+    reshaped = [key for key in expected if key in given and key != "conv1.weight"  # conv1 is adapted to the input
+                and tuple(given[key].shape) != tuple(expected[key].shape)]
+    problems = [f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})" for what, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", reshaped)) if keys]
+    detail = "keys " + "; ".join(problems)
+    if not problems:
+        try:
+            encoder.load_torchvision_state_dict(state)
+            return
+        except RuntimeError as exc:  # conv1 that cannot be adapted: torch's lines after its heading say why
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            detail = lines[-1][:200]
+    official = WEIGHTS["imagenet"][0].rsplit("/", 1)[-1]
+    raise UnetlabError(f"model.encoder_weights: {spec} does not fit the ResNet-34 encoder: {detail}; pass a "
+                       f"torchvision-compatible ResNet-34 state dict ({official}, or the state_dict() of "
+                       "torchvision.models.resnet34)")
 
 
 def imagenet_normalization(in_channels: int) -> tuple[list[float], list[float]]:
@@ -86,7 +111,7 @@ class ResNetUNet(nn.Module):
         self.input_mean: Optional[list[float]] = None
         self.input_std: Optional[list[float]] = None
         if encoder_weights is not None:
-            self.encoder.load_torchvision_state_dict(load_encoder_weights(encoder_weights))
+            _load_encoder(self.encoder, encoder_weights)
             self.input_mean, self.input_std = imagenet_normalization(in_channels)
         self._encoder_frozen = False
 

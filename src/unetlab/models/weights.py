@@ -6,13 +6,20 @@
 * `"imagenet"`: torchvision's ImageNet ResNet-34 checkpoint, downloaded once into a cache folder
   (`cache_dir`, else `$UNETLAB_CACHE`, else `~/.cache/unetlab/weights`) and checked by SHA-256.
 * anything else: the path of a local checkpoint (a state dict, or a dict with a `state_dict` key),
-  for machines without internet: fetch the URL in `WEIGHTS` elsewhere and pass the file.
+  for machines without internet: fetch the URL in `WEIGHTS` elsewhere and pass the file. A local
+  file named like a known download (`resnet34-b627a593.pth`) must have that download's SHA-256 prefix.
+
+Every file is read by `load_weights_only` (checkpoints too): `torch.load(weights_only=True)`, tensors
+and plain data only, so reading a file never runs code; pickled objects are refused in one line.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +36,39 @@ WEIGHTS: dict[str, tuple[str, str]] = {
 }
 DOWNLOAD_TIMEOUT_S = 60.0
 CACHE_ENV = "UNETLAB_CACHE"
+_REFUSED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
+_PICKLE_PROTOCOL = b"\x80"  # the first byte of a pickle of protocol 2 or later
+
+
+def load_weights_only(path: Path, fix: str, prefix: str = "") -> Any:
+    """`torch.load(path, weights_only=True)` on the CPU. A file holding pickled Python objects, or one
+    torch cannot read, is a one-line `UnetlabError`: `prefix`, the file, what is wrong, then `fix`."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of files it did not write
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickler errors have no common base class
+        refused = _REFUSED_GLOBAL.search(str(exc))
+        if refused or (isinstance(exc, pickle.UnpicklingError) and _starts_like_pickle(path)):
+            held = f" ({refused.group(1)})" if refused else ""
+            raise UnetlabError(f"{prefix}{path}: holds pickled Python objects{held}, which unetlab never unpickles "
+                               "(unpickling can run any code): it reads tensors and plain data only, with "
+                               f"torch.load(weights_only=True); {fix}") from None
+        raise UnetlabError(f"{prefix}{path}: cannot be read as a torch file ({_why_unreadable(exc)}); the file is "
+                           f"truncated, corrupt or of another kind; {fix}") from None
+
+
+def _starts_like_pickle(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(1) == _PICKLE_PROTOCOL
+
+
+def _why_unreadable(exc: Exception) -> str:
+    if isinstance(exc, EOFError):
+        return "empty or cut short"
+    if isinstance(exc, pickle.UnpicklingError):
+        return "neither a torch zip archive nor a pickle"
+    return " ".join(str(exc).split()).split(". ")[0][:160] or type(exc).__name__
 
 
 def default_cache_dir() -> Path:
@@ -57,7 +97,20 @@ def load_encoder_weights(spec: None | str | Path,
             what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise UnetlabError(f"model.encoder_weights: {path} {what}; pass a checkpoint file "
                                f"or one of {', '.join(sorted(WEIGHTS))}")
+        _check_official_name(path)
     return _read_state_dict(path)
+
+
+def _check_official_name(path: Path) -> None:
+    """A local file named like a known download must be that download: same SHA-256 prefix."""
+    for url, prefix in WEIGHTS.values():
+        if path.name == url.rsplit("/", 1)[-1]:
+            digest = sha256_of(path)
+            if not digest.startswith(prefix):
+                raise UnetlabError(
+                    f"model.encoder_weights: {path} is named like {url} but its SHA-256 starts {digest[:len(prefix)]}, "
+                    f"not {prefix}: it is corrupt or not that file; download it again, or rename it if it is "
+                    "deliberately other weights")
 
 
 def fetch_weights(name: str, cache_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -102,11 +155,8 @@ def _download(url: str, prefix: str, target: Path, progress: bool) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        loaded: Any = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle, zip and unpickler errors have no common base class
-        raise UnetlabError(f"model.encoder_weights: cannot read {path} as a torch checkpoint "
-                           f"({one_line(exc)}); pass a state dict saved with torch.save") from None
+    loaded: Any = load_weights_only(path, "pass a torchvision-compatible state dict of tensors, saved with "
+                                    "torch.save(model.state_dict(), path)", prefix="model.encoder_weights: ")
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not loaded or not all(

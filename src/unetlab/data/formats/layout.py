@@ -71,8 +71,10 @@ class PairLayout:
     """A format whose samples are an image file and a mask file with the same id.
 
     `read_mask` returns the mask twice: its values as stored and the class indices the reader makes
-    of them. Without a mask folder, masks may come from a table of run-length rows (TGS `train.csv`);
-    `missing_masks` is the problem to report when there is neither.
+    of them; `mask_problem(path, values)` is what the reader refuses in such a mask, as (kind, message)
+    (`labels.MaskRules.problem`: lossy files, values its binary rule does not take). Without a mask
+    folder, masks may come from a table of run-length rows (TGS `train.csv`); `missing_masks` is the
+    problem to report when there is neither.
     """
 
     image_dir: Path
@@ -89,6 +91,7 @@ class PairLayout:
     nonzero_is_foreground: bool = False  # the reader makes every stored value > 0 class 1 (TGS)
     mask_table: Path | None = None
     read_table: Callable[[Path], dict[str, Callable[[tuple[int, int]], np.ndarray]]] | None = None
+    mask_problem: Callable[[Path, np.ndarray], tuple[str, str] | None] | None = None
 
     def scan_images(self) -> FolderScan:
         return scan_folder(self.image_dir, self.suffixes, self.image_suffix, "image")

@@ -16,10 +16,12 @@ from unetlab.data.dataset import ArrayDataset
 from unetlab.data.formats.camvid import read_camvid
 from unetlab.data.formats.folders import folders_layout, read_folders
 from unetlab.data.formats.isbi import read_isbi
+from unetlab.data.formats.labels import check_allow_lossy, parse_binary_rule
 from unetlab.data.formats.layout import PairLayout
 from unetlab.data.formats.oxford_pet import read_oxford_pet
 from unetlab.data.formats.samples import SegmentationSamples
 from unetlab.data.formats.tgs import load_tgs, read_tgs, tgs_layout
+from unetlab.data.io import pixel_limit
 from unetlab.errors import ConfigError, DataError, UnetlabError
 
 FORMATS: dict[str, Callable[..., SegmentationSamples]] = {
@@ -34,6 +36,13 @@ FORMATS: dict[str, Callable[..., SegmentationSamples]] = {
 LAYOUTS: dict[str, Callable[..., PairLayout]] = {
     "tgs": tgs_layout,
     "folders": folders_layout,
+}
+
+
+# Option values checked when a format is resolved (config load, inspect), before any file is read.
+OPTION_VALUES: dict[str, Callable[[Any, str], Any]] = {
+    "binary_rule": parse_binary_rule,  # None (folders: class indices as stored) is the reader's to judge
+    "allow_lossy_masks": check_allow_lossy,
 }
 
 
@@ -59,6 +68,12 @@ def resolve_format(name: str, options: Mapping[str, Any] | None = None, *, field
     if unknown:
         raise error(f"{field} {key!r}: unknown option(s) {', '.join(option_prefix + u for u in unknown)}; "
                     f"accepted: {', '.join(accepted) or 'none'}")
+    for option, check in OPTION_VALUES.items():
+        if options.get(option) is not None:
+            try:
+                check(options[option], option_prefix + option)
+            except DataError as exc:
+                raise error(str(exc)) from None
     return key, options
 
 
@@ -102,7 +117,7 @@ def load_arrays(format: str, root: str | Path, options: dict | None = None, cach
     key, options = resolve_format(format, options)
     if not cache:
         if key == "tgs" and channels == 1 and task == "binary":
-            return load_tgs(root)
+            return load_tgs(root, **options)
         samples = read_dataset(key, root, **options)
     else:
         samples = cached_read_dataset(key, root, **options)
@@ -113,8 +128,9 @@ def load_for_config(config, root: str | Path) -> ArrayDataset:
     """`load_arrays` with a run config's data section and input channels (`unetlab.config.Config`)."""
     data = config.data
     size = data.input_size if data.sizing == "resize" else None
-    dataset = load_arrays(data.format, root, data.options, data.cache, size=size, channels=config.model.in_channels,
-                          task=config.task)
+    with pixel_limit(data.max_pixels):  # every image reader refuses larger images, naming data.max_pixels
+        dataset = load_arrays(data.format, root, data.options, data.cache, size=size,
+                              channels=config.model.in_channels, task=config.task)
     if config.task == "multiclass" and dataset.num_classes != config.model.classes:
         raise ConfigError(f"model.classes is {config.model.classes} but {root} has {dataset.num_classes} classes "
                           f"({', '.join(dataset.class_names[:12])}); use --set model.classes={dataset.num_classes}")

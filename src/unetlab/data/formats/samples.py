@@ -91,7 +91,8 @@ class SegmentationSamples:
                 values = sorted(int(v) for v in np.unique(mask[bad]))
                 hint = ""
                 if n == 2 and values in ([255], [65535]):
-                    hint = "; the mask looks like 0/255 binary: read it with binary_rule='nonzero' (mask > 0 -> 1)"
+                    hint = ("; the mask looks like 0/255 binary: read it with binary_rule='strict' (0/255 -> 0/1, other "
+                            "values refused) or binary_rule='nonzero' (mask > 0 -> 1)")
                 ignore = f" or ignore {self.ignore_index}" if self.ignore_index is not None else ""
                 raise DataError(f"{self._where(k)}: mask values {values[:8]} outside classes 0..{n - 1}{ignore} "
                                 f"({n} classes: {', '.join(self.class_names[:12])}){hint}")

@@ -1,22 +1,27 @@
 """TGS Salt layout: train/images/<id>.png, train/masks/<id>.png, optional train.csv and depths.csv.
 
 Also accepts a folder that directly holds images/ and masks/. Images are grey (often stored as RGB
-with three equal channels), masks 8-bit or 16-bit, binarised with `mask > 0`.
+with three equal channels), masks 8-bit or 16-bit, binarised by the option `binary_rule` (default
+`strict`: only 0/1, 0/255 or 0/65535 masks; `nonzero`; `threshold:T`, see `formats/labels.py`);
+lossy (JPEG) mask files are refused unless `allow_lossy_masks`. A bad train.csv row is an error
+naming the file, its line and the id.
 """
 
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from unetlab.data.dataset import ArrayDataset
+from unetlab.data.formats.labels import MaskRules, check_allow_lossy, parse_binary_rule
 from unetlab.data.formats.layout import PairLayout, scan_folder
 from unetlab.data.formats.samples import SegmentationSamples
-from unetlab.data.io import read_binary_mask, read_grey, read_mask_values
+from unetlab.data.io import read_grey, read_mask_values
 from unetlab.data.rle import rle_decode
 from unetlab.errors import DataError
 
@@ -41,16 +46,26 @@ def read_depths(path: Path) -> dict[str, float]:
     depths: dict[str, float] = {}
     if not path.is_file():
         return depths
-    with path.open(newline="") as handle:
+    with _csv_errors(path), path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"id", "z"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected columns 'id,z'")
-        for line, row in enumerate(reader, start=2):
+        for row in reader:
             try:
                 depths[row["id"]] = float(row["z"])
             except (TypeError, ValueError):
-                raise DataError(f"{path}: line {line}: depth {row.get('z')!r} is not a number") from None
+                raise DataError(f"{path}: line {reader.line_num}: depth {row.get('z')!r} is not a number") from None
     return depths
+
+
+@contextmanager
+def _csv_errors(path: Path) -> Iterator[None]:
+    """A CSV file that is not text or not CSV (NUL bytes, another encoding) as one DataError naming it."""
+    try:
+        yield
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read as CSV text ({exc.__class__.__name__}: {exc}); save it as UTF-8 "
+                        "CSV") from None
 
 
 def list_pairs(root: str | Path, require_masks: bool = True) -> tuple[list[str], list[Path], list[Path | None]]:
@@ -82,21 +97,50 @@ def list_pairs(root: str | Path, require_masks: bool = True) -> tuple[list[str],
     return ids, [images[i] for i in ids], [masks.get(i) for i in ids]
 
 
-def read_rle_csv(path: Path) -> dict[str, str]:
-    with path.open(newline="") as handle:
+def read_rle_csv(path: Path) -> dict[str, tuple[int, str]]:
+    """id -> (line number, run-length string) of a Kaggle train.csv; a row without id or run-length
+    column, or a repeated id, is an error naming the file and the line."""
+    rows: dict[str, tuple[int, str]] = {}
+    with _csv_errors(path), path.open(newline="") as handle:
         reader = csv.DictReader(handle)
         if reader.fieldnames is None or not {"id", "rle_mask"} <= set(reader.fieldnames):
             raise DataError(f"{path}: expected columns 'id,rle_mask' (Kaggle run-length encoding)")
-        return {row["id"]: row["rle_mask"] or "" for row in reader}
+        for row in reader:
+            line = reader.line_num
+            sample_id = (row["id"] or "").strip()
+            if not sample_id:
+                raise DataError(f"{path}: line {line}: no id; every row is 'id,rle_mask': fix or remove the row")
+            if row["rle_mask"] is None:
+                raise DataError(f"{path}: line {line} (id '{sample_id}'): no rle_mask column; an empty mask is "
+                                f"'{sample_id},': fix the row")
+            if sample_id in rows:
+                raise DataError(f"{path}: line {line}: id '{sample_id}' already on line {rows[sample_id][0]}; "
+                                "remove one of the rows")
+            rows[sample_id] = (line, row["rle_mask"])
+    return rows
 
 
-def load_tgs(root: str | Path) -> ArrayDataset:
+def decode_rle_row(path: Path, sample_id: str, row: tuple[int, str], shape: tuple[int, int]) -> np.ndarray:
+    """The bool mask of one train.csv row; a bad run-length string names the file, the line and the id."""
+    line, rle = row
+    try:
+        return rle_decode(rle, shape)
+    except DataError as exc:
+        raise DataError(f"{path}: line {line} (id '{sample_id}'): {exc}; fix or remove the row") from None
+
+
+def _mask_rules(binary_rule: str, allow_lossy_masks: bool) -> MaskRules:
+    return MaskRules(parse_binary_rule(binary_rule), check_allow_lossy(allow_lossy_masks))
+
+
+def load_tgs(root: str | Path, binary_rule: str = "strict", allow_lossy_masks: bool = False) -> ArrayDataset:
     """Decode every image/mask pair under `root` into memory.
 
-    Masks come from masks/*.png; when that folder is absent, from the run-length column of
-    train.csv (as Kaggle distributes them).
+    Masks come from masks/*.png, binarised by `binary_rule` (`unetlab.data.formats.labels`); when
+    that folder is absent, from the run-length column of train.csv (as Kaggle distributes them).
     """
     root = Path(root)
+    rules = _mask_rules(binary_rule, allow_lossy_masks)
     csv_path = root / "train.csv"
     from_csv = csv_path.is_file() and not any((base / "masks").is_dir() for base in (root / "train", root))
     ids, image_paths, mask_paths = list_pairs(root, require_masks=not from_csv)
@@ -106,10 +150,10 @@ def load_tgs(root: str | Path) -> ArrayDataset:
         missing = [i for i in ids if i not in rles]
         if missing:
             raise DataError(f"{csv_path}: no row for image '{missing[0]}' ({len(missing)} image(s) without a mask)")
-        masks = [rle_decode(rles[i], image.shape) for i, image in zip(ids, images)]
+        masks = [decode_rle_row(csv_path, i, rles[i], image.shape) for i, image in zip(ids, images)]
         mask_paths = [csv_path] * len(ids)
     else:
-        masks = [read_binary_mask(p) for p in mask_paths]  # type: ignore[arg-type]
+        masks = [rules.check(p, read_mask_values(p)).astype(bool) for p in mask_paths]  # type: ignore[arg-type]
     shape = images[0].shape
     for i, (image, mask) in enumerate(zip(images, masks)):
         if image.shape != shape:
@@ -122,31 +166,33 @@ def load_tgs(root: str | Path) -> ArrayDataset:
                          depths=read_depths(root / "depths.csv"), root=root)
 
 
-def read_tgs(root: str | Path) -> SegmentationSamples:
+def read_tgs(root: str | Path, binary_rule: str = "strict", allow_lossy_masks: bool = False) -> SegmentationSamples:
     """TGS Salt (`load_tgs`) as SegmentationSamples: grey images, masks {0, 1}, depths in meta."""
-    data = load_tgs(root)
+    data = load_tgs(root, binary_rule, allow_lossy_masks)
     meta = {i: ({"depth": data.depths[i]} if i in data.depths else {}) for i in data.ids}
     return SegmentationSamples(ids=list(data.ids), images=[image for image in data.images],
                                masks=[mask.astype(np.uint8) for mask in data.masks],
                                class_names=list(CLASS_NAMES), ignore_index=None, root=Path(root), meta=meta)
 
 
-def _stored_and_binary(path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _stored_and_labels(rules: MaskRules, path: Path) -> tuple[np.ndarray, np.ndarray]:
     values = read_mask_values(path)
-    return values, (values > 0).astype(np.uint8)
+    return values, rules.labels(values)
 
 
 def _rle_rows(path: Path) -> dict[str, Callable[[tuple[int, int]], np.ndarray]]:
-    return {i: partial(rle_decode, rle) for i, rle in read_rle_csv(path).items()}
+    return {i: partial(decode_rle_row, path, i, row) for i, row in read_rle_csv(path).items()}
 
 
-def tgs_layout(root: str | Path) -> PairLayout:
-    """Where `read_tgs` finds the files of `root` and how it decodes them (for `unetlab inspect`)."""
+def tgs_layout(root: str | Path, binary_rule: str = "strict", allow_lossy_masks: bool = False) -> PairLayout:
+    """Where `read_tgs` (same options) finds the files of `root` and how it decodes them (for `unetlab inspect`)."""
     root = Path(root)
+    rules = _mask_rules(binary_rule, allow_lossy_masks)
     image_dir, mask_dir = _image_dir(root)
     csv_path = root / "train.csv"
-    return PairLayout(image_dir, mask_dir, frozenset(IMAGE_SUFFIXES), read_grey, _stored_and_binary,
+    return PairLayout(image_dir, mask_dir, frozenset(IMAGE_SUFFIXES), read_grey, partial(_stored_and_labels, rules),
                       missing_masks=f"{mask_dir}: masks folder not found (nor {csv_path}); training and evaluation "
                                     "need a mask per image: add masks/ or train.csv",
-                      class_names=list(CLASS_NAMES), one_size=True, nonzero_is_foreground=True,
-                      mask_table=csv_path, read_table=_rle_rows)
+                      class_names=list(CLASS_NAMES), one_size=True,
+                      nonzero_is_foreground=rules.binary_rule is not None and rules.binary_rule.threshold == 0,
+                      mask_table=csv_path, read_table=_rle_rows, mask_problem=rules.problem)
