@@ -12,6 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from unetlab.errors import UnetlabError
 from unetlab.studies.coordination import CellQueue, cells_by_state, create_or_load, open_storage, requeue_lost_cells
 
 CELLS = [("a", 0), ("b", 0), ("a", 1), ("b", 1)]
@@ -83,7 +84,28 @@ def test_a_cell_queued_twice_runs_once_and_lost_cells_come_back(tmp_path):
 
 
 def test_a_bad_storage_url_is_one_line():
-    from unetlab.errors import UnetlabError
 
     with pytest.raises(UnetlabError, match=r"--storage nosuchdb://x: cannot open it"):
         open_storage("nosuchdb://x")
+
+
+def test_a_storage_another_worker_is_creating_is_opened_on_a_second_try(tmp_path, monkeypatch):
+    """Two workers starting at once both create a new SQLite database's tables; the loser sees a UNIQUE
+    violation (alembic_version) and must simply open what the winner created."""
+    from unetlab.studies import coordination
+
+    real, calls = coordination._rdb_storage, []
+
+    def racing(url, heartbeat_s):
+        calls.append(url)
+        if len(calls) == 1:
+            raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: alembic_version.version_num")
+        return real(url, heartbeat_s)
+
+    monkeypatch.setattr(coordination, "_rdb_storage", racing)
+    storage = coordination.open_storage(f"sqlite:///{tmp_path / 'study.db'}")
+    assert len(calls) == 2 and storage is not None
+    calls.clear()
+    monkeypatch.setattr(coordination, "_rdb_storage", lambda url, beat: (_ for _ in ()).throw(ValueError("bad URL")))
+    with pytest.raises(UnetlabError, match="cannot open it"):
+        coordination.open_storage("nonsense://")

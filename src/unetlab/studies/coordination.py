@@ -96,7 +96,7 @@ def _rdb_storage(url: str, heartbeat_s: int, attempts: int = 5) -> optuna.storag
 def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.RDBStorage:
     """The RDB storage at `url` with heartbeats every `heartbeat_s` seconds and stale-trial retries."""
     try:
-        storage = _rdb_storage(url, heartbeat_s)
+        storage = _created_once(url, heartbeat_s)
     except ImportError as exc:
         raise UnetlabError(f"--storage {url}: no database driver for it ({exc}); for PostgreSQL install "
                            "unetlab[postgres] (psycopg) and use postgresql+psycopg://...") from None
@@ -106,6 +106,20 @@ def open_storage(url: str, heartbeat_s: int = HEARTBEAT_S) -> optuna.storages.RD
     if url.startswith("sqlite"):
         _serialise_sqlite(storage.engine)
     return storage
+
+
+def _created_once(url: str, heartbeat_s: int, tries: int = 5) -> optuna.storages.RDBStorage:
+    """`_rdb_storage`, tried again when another worker was creating the same new database's tables at that
+    moment (SQLAlchemy then reports a UNIQUE or "already exists" violation; the second try finds them)."""
+    for attempt in range(tries):
+        try:
+            return _rdb_storage(url, heartbeat_s)
+        except Exception as exc:
+            racing = "UNIQUE constraint" in str(exc) or "already exists" in str(exc) or "IntegrityError" in repr(exc)
+            if not racing or attempt == tries - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def cell_of(trial: FrozenTrial) -> tuple[str, int] | None:
