@@ -20,7 +20,7 @@ PACKAGE = SRC / "unetlab"
 # Lower layers never import the upper ones (the building blocks know nothing of the stages that use them).
 LOWER = ("unetlab.data", "unetlab.models", "unetlab.metrics", "unetlab.errors", "unetlab.files")
 UPPER = ("unetlab.engine", "unetlab.evaluation", "unetlab.inference", "unetlab.cli", "unetlab.api",
-         "unetlab.bench", "unetlab.demo", "unetlab.export")
+         "unetlab.bench", "unetlab.demo", "unetlab.export", "unetlab.serve", "unetlab.studies", "unetlab.tuning")
 
 
 def module_names() -> dict[str, Path]:

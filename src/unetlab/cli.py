@@ -498,6 +498,30 @@ def export(
 
 
 @app.command()
+def serve(
+    run: Path = typer.Argument(..., help="run folder (or a checkpoint file)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (0.0.0.0 = every interface: only "
+                             "on a network you trust, there is no authentication)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port"),
+    which: WhichOption = Which.best,
+    max_upload_mb: Optional[float] = typer.Option(None, "--max-upload-mb", min=0.001, help="refuse uploads larger "
+                                                  "than this, 413 (default 32)"),
+    max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="refuse images of more pixels than "
+                                             "this, decompression bombs included, 413 (default 4096 x 4096)"),
+) -> None:
+    """Serve a run: a web page at http://HOST:PORT/ and a JSON API (POST /predict, GET /model, /docs).
+
+    Upload PNG, JPEG or TIFF; get the mask (PNG) or the probabilities (docs/serve.md). Needs the serve extra."""
+    try:
+        from unetlab.serve.app import serve as serve_run
+    except ImportError as exc:
+        raise UnetlabError(f"unetlab serve needs {exc.name or 'fastapi'}: pip install 'unetlab[serve]'") from None
+
+    serve_run(run, host=host, port=port, which=which.value, max_pixels=max_pixels,
+              max_upload_bytes=None if max_upload_mb is None else int(max_upload_mb * 1024 * 1024))
+
+
+@app.command()
 def tune(
     config: Path = typer.Argument(..., help="YAML config with a tune: section, or a built-in recipe; with --report "
                                   "also a tune folder (one holding tune.db)"),
