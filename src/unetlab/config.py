@@ -33,11 +33,12 @@ class DataConfig(_Section):
         "salt/foreground: strict, the tgs default: only 0/1, 0/255 or 0/65535 masks, others refused; nonzero: "
         "value > 0; threshold:T: value > T) and allow_lossy_masks (false: JPEG masks refused)"))
     cache: bool = Field(True, description="decode files once into a memory-mapped cache beside the data")
-    root: Optional[str] = None
+    root: Optional[str] = Field(None, description="the data folder (the CLI's --data wins)")
     input_size: int = Field(128, ge=8, description="side of the square the model sees")
     sizing: Literal["pad", "resize", "native"] = Field(
         "pad", description="pad / resize to input_size, or native: keep the images' own size (all equal)")
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the images held out for validation, "
+                                "stratified by salt coverage (binary) or dominant class (multiclass)")
     coverage_bins: int = Field(10, ge=1, description="salt-coverage classes for the stratified split")
     split_file: Optional[str] = Field(None, description="reuse an earlier run's split.json (or folds.json with folds)")
     folds: int = Field(0, ge=0, description="k of a stratified k-fold; 0 = one train/validation split")
@@ -73,9 +74,9 @@ class ModelConfig(_Section):
     """
 
     model_config = ConfigDict(extra="allow", validate_assignment=True, coerce_numbers_to_str=True)
-    name: str = "unet"
-    in_channels: int = Field(1, ge=1)
-    classes: int = Field(1, ge=1)
+    name: str = Field("unet", description="a registered model or named variant (`unetlab models` lists them)")
+    in_channels: int = Field(1, ge=1, description="input channels: 1 grey, 3 RGB")
+    classes: int = Field(1, ge=1, description="1 for binary (one sigmoid), the class count for multiclass")
 
     @model_validator(mode="before")
     @classmethod
@@ -105,7 +106,7 @@ class LossTerm(_Section):
     """One term of a composite loss: `weight` * loss `name`, counted while training progress is in [start, stop)."""
 
     name: str = Field(description="a registered loss term (unetlab.losses.list_losses())")
-    weight: float = Field(1.0, ge=0.0)
+    weight: float = Field(1.0, ge=0.0, description="the term's weight in the sum")
     start: float = Field(0.0, ge=0.0, le=1.0, description="share of training (0..1) after which the term joins")
     stop: Optional[float] = Field(None, gt=0.0, le=1.0, description="share of training after which the term no "
                                   "longer counts (e.g. BCE first, then Lovász alone); null: until the end")
@@ -145,11 +146,13 @@ class LossConfig(_Section):
     terms: Optional[list[LossTerm]] = Field(
         None, description="replaces the preset, e.g. [{name: ce}, {name: dice, weight: 0.5}]; leave name unset")
     # Lovász from random initialisation stalls: in the *_lovasz presets it joins once this share of training is done.
-    lovasz_start: float = Field(0.5, ge=0.0, le=1.0)
+    lovasz_start: float = Field(0.5, ge=0.0, le=1.0, description="*_lovasz presets: share of training after "
+                                "which the Lovász hinge joins")
     pos_weight: Optional[float] = Field(None, gt=0.0, description="binary BCE: weight of the positive pixels")
     dice_mode: Literal["batch", "image"] = Field(
         "batch", description="soft Dice / Tversky over the whole batch, or per image then averaged")
-    focal_gamma: float = Field(2.0, ge=0.0)
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal loss: how much easy pixels are down-weighted "
+                               "(0 = cross-entropy)")
     focal_alpha: Optional[float] = Field(
         None, ge=0.0, le=1.0, description="binary focal: weight of positives (negatives 1 - alpha); "
                                           "multiclass: refused, use class_weights")
@@ -209,9 +212,9 @@ class LossConfig(_Section):
 
 
 class OptimConfig(_Section):
-    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = Field("adam", description="the optimiser")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate (the peak of onecycle and cosine schedules)")
+    weight_decay: float = Field(0.0, ge=0.0, description="decoupled for adamw, L2 for the others")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd and rmsprop")
     nesterov: bool = Field(True, description="sgd: Nesterov momentum")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw")
@@ -219,7 +222,9 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    name: Literal["plateau", "cosine", "onecycle", "step", "constant"] = "plateau"
+    name: Literal["plateau", "cosine", "onecycle", "step", "constant"] = Field(
+        "plateau", description="the learning-rate schedule: plateau (drop when the monitor stalls), cosine, "
+                               "onecycle (rise then cosine), step (milestones), constant")
     factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau and step: multiply the lr by this")
     milestones: list[float] = Field([0.5, 0.75], description="step: shares of training (0..1) where the lr drops")
 
@@ -229,9 +234,10 @@ class ScheduleConfig(_Section):
             raise ConfigError(f"bad value for 'schedule.milestones': {self.milestones}; shares of training "
                               "strictly between 0 and 1, e.g. [0.5, 0.75]")
         return self
-    patience: int = Field(5, ge=0)
-    min_lr: float = Field(1e-6, ge=0.0)
-    warmup_epochs: float = Field(0.0, ge=0.0)
+    patience: int = Field(5, ge=0, description="plateau: epochs without improvement before the rate drops")
+    min_lr: float = Field(1e-6, ge=0.0, description="the floor of plateau, cosine and onecycle")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: epochs of linear warm-up (onecycle: 30 % "
+                                 "of training when 0)")
 
 
 class AugmentConfig(_Section):
@@ -247,8 +253,8 @@ class AugmentConfig(_Section):
     vflip: Optional[bool] = Field(None, description="vertical flips; seismic depth has a direction")
     shift: Optional[float] = Field(None, ge=0.0, le=0.5, description="max translation as a share of the side")
     scale: Optional[float] = Field(None, ge=0.0, le=0.5, description="max relative zoom in or out")
-    brightness: Optional[float] = Field(None, ge=0.0, le=1.0)
-    contrast: Optional[float] = Field(None, ge=0.0, lt=1.0)
+    brightness: Optional[float] = Field(None, ge=0.0, le=1.0, description="additive offset in [-b, b]")
+    contrast: Optional[float] = Field(None, ge=0.0, lt=1.0, description="multiplicative gain in [1 - c, 1 + c]")
     noise: Optional[float] = Field(None, ge=0.0, le=1.0, description="std of added Gaussian noise (0 = off)")
     crop: Optional[int] = Field(None, ge=8, description="train on random crops of this side (large images); "
                                                         "validation and prediction see whole images")
@@ -262,17 +268,18 @@ class AugmentConfig(_Section):
         return data
 
 class TrainConfig(_Section):
-    epochs: int = Field(100, ge=1)
-    batch_size: int = Field(32, ge=1)
+    epochs: int = Field(100, ge=1, description="the most epochs (a time budget or early stopping may end sooner)")
+    batch_size: int = Field(32, ge=1, description="images per optimiser step (all processes together)")
     early_stop_patience: int = Field(10, ge=0, description="0 turns early stopping off")
-    monitor: str = "val/loss"
-    monitor_mode: Literal["min", "max"] = "min"
+    monitor: str = Field("val/loss", description="the validation value that picks best.pt and drives early "
+                         "stopping and plateau (e.g. val/tgs_map, val/miou)")
+    monitor_mode: Literal["min", "max"] = Field("min", description="whether lower or higher monitor values are better")
     max_minutes: Optional[float] = Field(None, gt=0.0, description="stop after this wall-clock budget")
     precision: Literal["bf16", "fp16", "fp32"] = Field(
         "bf16", description="autocast dtype; fp16 (CUDA only) adds a gradient scaler")
-    channels_last: bool = True
-    device: str = "auto"
-    num_threads: Optional[int] = Field(None, ge=1)
+    channels_last: bool = Field(True, description="channels-last memory layout (faster convolutions on CPU and GPU)")
+    device: str = Field("auto", description="auto (CUDA if present, else CPU), cpu, cuda or cuda:N")
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     freeze_encoder_epochs: int = Field(0, ge=0, description="keep a pretrained encoder frozen this many epochs")
     deterministic: bool = Field(False, description="deterministic algorithms: same seed, same weights (slower)")
     compile: bool = Field(False, description="torch.compile the model (pays off on long GPU runs)")
@@ -280,7 +287,7 @@ class TrainConfig(_Section):
     image_every_epochs: int = Field(5, ge=0, description="TensorBoard validation images every N epochs; 0 = never")
     averaging: Literal["none", "ema", "swa"] = Field(
         "none", description="validate and save averaged weights: exponential moving average or SWA")
-    ema_decay: float = Field(0.995, gt=0.0, lt=1.0)
+    ema_decay: float = Field(0.995, gt=0.0, lt=1.0, description="EMA: weight of the running average per step")
     swa_start: float = Field(0.75, ge=0.0, lt=1.0, description="share of training after which SWA averages")
 
     @field_validator("device")
@@ -297,7 +304,8 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binary: salt where probability > threshold "
+                             "(a saved operating point overrides it)")
     tta: Literal["none", "hflip", "dihedral"] = Field(
         "none", description="test-time augmentation: hflip averages the image and its mirror; dihedral the 8 "
                             "flips and quarter turns (photographs; seismic sections have a depth direction)")
@@ -462,8 +470,8 @@ class TuneConfig(_Section):
 
 
 class Config(_Section):
-    name: str = "run"
-    seed: int = 42
+    name: str = Field("run", description="names the run folder runs/<name>-<time>")
+    seed: int = Field(42, description="initialisation, augmentation and the validation split")
     task: Literal["binary", "multiclass"] = Field(
         "binary", description="binary: one logit per pixel (sigmoid); multiclass: model.classes logits (softmax)")
     data: DataConfig = DataConfig()
