@@ -130,3 +130,15 @@ def test_a_fingerprint_changed_only_by_new_config_keys_keeps_the_finished_cells(
     monkeypatch.setattr(StudySpec, "fingerprint", lambda self: "fedcba9876543210")
     with pytest.raises(UnetlabError, match="the grid changed after 1 cell"):
         run_study(study, out, data_root=tgs_dir, log=_quiet, heartbeat_s=1)
+
+
+def test_max_cells_counts_only_cells_this_worker_ran(finished, tgs_dir, tmp_path):
+    """A cell already finished on disk is only recorded when claimed: it does not use up --max-cells."""
+    out = tmp_path / "study"
+    shutil.copytree(finished[1] / "cells" / "concat" / "seed-0", out / "cells" / "concat" / "seed-0")
+    shutil.copyfile(finished[1] / StudyFolder.SPLIT, out / StudyFolder.SPLIT)
+    study = write_tiny_study(tmp_path, {"concat": [], "add": ["model.name=unet-add"]}, seeds=[0], epochs=1)
+    lines: list[str] = []
+    status = run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1, max_cells=1, report=False)
+    assert "[concat/seed-0] finished earlier: not trained again" in lines
+    assert status["done"] == ["concat/seed-0", "add/seed-0"] and "this worker ran 1 cell(s); done 2, running 0, left 0" in lines

@@ -250,8 +250,9 @@ def _work(queue: CellQueue, spec: StudySpec, folder: StudyFolder, data_root: str
             queue.set_attr(trial, "duplicate_of", owner.number if owner is not None else -1)
             queue.study.tell(trial.number, state=TrialState.PRUNED)
             continue
+        recorded_only = folder.is_finished(*cell_of(trial))  # type: ignore[misc]
         _run_claimed(queue, trial, spec, folder, data_root, log, heartbeat_s, share)
-        ran += 1
+        ran += 0 if recorded_only else 1  # max_cells counts cells this worker ran, not ones it only recorded
         completed = _all_done(queue, spec, folder)
     return ran, completed
 
