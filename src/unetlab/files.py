@@ -63,11 +63,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of `atomic_path`'s temporaries (hidden, with TEMP_SUFFIX after the dot)."""
+    return name.startswith(".") and TEMP_SUFFIX in name[1:]
+
+
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     """Delete temporaries that a killed writer left in `folder` (not recursive); return what was removed."""
     removed = []
-    for path in Path(folder).glob(f".*{TEMP_SUFFIX}*"):
-        if path.is_file():
+    for path in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if is_temporary(path.name) and path.is_file():
             path.unlink(missing_ok=True)
             removed.append(path)
     return removed

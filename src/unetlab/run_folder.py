@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from unetlab.data.download import sha256_of
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
 from unetlab.errors import UnetlabError
-from unetlab.files import TEMP_SUFFIX, atomic_write_text, csv_text, remove_stale_temporaries
+from unetlab.files import atomic_write_text, csv_text, is_temporary, remove_stale_temporaries
 
 if TYPE_CHECKING:
     from unetlab.config import Config
@@ -125,8 +125,7 @@ class RunFolder:
         for entry in self.path.iterdir():
             layout = entry.is_dir() and entry.name in (self.CHECKPOINTS, self.FIGURES)
             empty_layout = layout and not any(entry.iterdir())
-            # what files.remove_stale_temporaries removes: hidden names with the temporary suffix
-            temporary = entry.is_file() and entry.name.startswith(".") and TEMP_SUFFIX in entry.name
+            temporary = entry.is_file() and is_temporary(entry.name)
             if not (empty_layout or temporary):
                 return False
         return True

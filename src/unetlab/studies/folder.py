@@ -22,7 +22,7 @@ from typing import Any
 import yaml
 
 from unetlab.errors import UnetlabError
-from unetlab.files import TEMP_SUFFIX, atomic_write_text
+from unetlab.files import atomic_write_text, is_temporary
 from unetlab.run_folder import RunFolder
 
 #: The evaluation every cell gets after training: its best checkpoint on the study's validation split.
@@ -127,7 +127,7 @@ class StudyFolder:
             return
         foreign = [p.name for p in folder.iterdir() if p.name not in _RUN_ENTRIES
                    and not p.name.startswith("events.out.tfevents.")
-                   and not (p.name.startswith(".") and TEMP_SUFFIX in p.name)]
+                   and not is_temporary(p.name)]
         if foreign:
             raise UnetlabError(f"{folder}: holds {foreign[0]}, which no run writes; the study will not delete it. "
                                "Move it away and run the study again")

@@ -26,7 +26,7 @@ from typing import Any
 
 from unetlab.config import Config
 from unetlab.errors import UnetlabError
-from unetlab.files import TEMP_SUFFIX, atomic_write_text
+from unetlab.files import TEMP_SUFFIX, atomic_write_text, is_temporary
 from unetlab.run_folder import RunFolder
 from unetlab.studies.folder import CELL_EVALUATION, SHARED_FROM, StudyFolder
 from unetlab.studies.spec import cell_identity
@@ -93,7 +93,7 @@ def adopt_twin(folder: StudyFolder, variant: str, seed: int, twin: RunFolder) ->
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=TEMP_SUFFIX))
     try:
         copy = staging / "cell"
-        shutil.copytree(twin.path, copy, ignore=shutil.ignore_patterns(f".*{TEMP_SUFFIX}*", SHARED_FROM))
+        shutil.copytree(twin.path, copy, ignore=lambda _, names: [n for n in names if is_temporary(n) or n == SHARED_FROM])
         atomic_write_text(copy / SHARED_FROM, json.dumps(origin, indent=1))
         os.replace(copy, target)
     finally:
