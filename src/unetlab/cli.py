@@ -411,10 +411,34 @@ def bench_models_command(
                  skip_gflops=skip_gflops, out=out)
 
 
+@bench_app.command("layers")
+def bench_layers_command(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config or built-in recipe of the model and "
+                                          "how it trains (default tgs-salt)"),
+    set_: List[str] = typer.Option([], "--set", help="override a config key"),
+    size: Optional[int] = typer.Option(None, "--size", min=16, help="input side in pixels (default data.input_size)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="default train.batch_size"),
+    setting: List[str] = typer.Option([], "--setting", help="precision and layout to time every layer in, repeat "
+                                      "for several: bf16-cl, bf16-nchw, fp32-cl, fp32-nchw (default: the config's)"),
+    min_seconds: float = typer.Option(0.2, "--min-seconds", min=0.001, help="time each pass of a layer for at "
+                                      "least this long per round (best of 3 rounds)"),
+    steps: int = typer.Option(6, "--steps", min=2, help="training steps timed by phase (half as many profiled)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the result as JSON"),
+) -> None:
+    """Where a training step's time goes: every convolution per pass (forward, backward to input, backward to
+    weights) in GFLOP/s against bf16 and fp32 matmul peaks measured on the spot, per level, and the step's
+    phases and operator kinds."""
+    from unetlab.bench_layers import bench_layers
+    from unetlab.config import load_config
+
+    bench_layers(load_config(config or "tgs-salt", set_), size=size, batch_size=batch_size, settings=setting or None,
+                 min_seconds=min_seconds, steps=steps, out=out)
+
+
 @app.command()
 def study(
     name: str = typer.Argument(..., metavar="STUDY", help="a built-in study (q51-downsampling, q52-skips, q53-fcn, "
-                               "q54-threshold, phases) or a study YAML file"),
+                               "q54-threshold, phases, stem-s2d) or a study YAML file"),
     data: Optional[Path] = typer.Option(None, "--data", help="data folder of the cells (default: the base "
                                         "config's data.root)"),
     out: Optional[Path] = typer.Option(None, "--out", help="study folder (default studies/<name>)"),

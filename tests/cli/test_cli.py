@@ -187,6 +187,18 @@ def test_bench_models_times_a_chosen_model(tmp_path, capsys):
     assert_one_line_error(code, err, "--model nope")
 
 
+def test_bench_layers_writes_the_tables(tmp_path, capsys):
+    out = tmp_path / "layers.json"
+    code, text, err = run_cli(["bench", "layers", "--set", "model.base_width=4", "--set", "model.depth=2",
+                               "--size", "32", "--batch-size", "2", "--setting", "fp32-cl", "--min-seconds", "0.001",
+                               "--steps", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "peak measured now" in text and "per level" in text and "step phases" in text
+    assert json.loads(out.read_text())["input"] == "2x1x32x32"
+    code, _, err = run_cli(["bench", "layers", "--setting", "int8-cl"], capsys)
+    assert_one_line_error(code, err, "--setting int8-cl")
+
+
 def test_export_onnx_checks_parity(tiny_run, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     target = tmp_path / "m.onnx"

@@ -270,7 +270,7 @@ def test_factory_signature_equals_the_class():
         [(p.name, p.default, p.kind) for p in cls.values()]
     assert list(factory) == ["in_channels", "classes", "base_width", "depth", "width_multiplier", "downsample",
                              "strided_kernel", "skip", "upsample", "block", "norm", "dropout", "dropout_at",
-                             "scse"]
+                             "scse", "stem"]
 
 
 # ----------------------------------------------------------------------------- every variant
@@ -286,6 +286,7 @@ COMBINATIONS = {
     "noskip-strided-residual-dropout": {"skip": "none", "downsample": "strided", "block": "residual",
                                         "dropout": 0.2, "dropout_at": "encoder"},
     "depth1": {"depth": 1},
+    "s2d-add-residual-scse": {"stem": "space_to_depth", "skip": "add", "block": "residual", "scse": True},
     "depth6-small-strided-residual-group": {"depth": 6, "base_width": 2, "downsample": "strided",
                                             "block": "residual", "norm": "group", "skip": "add"},
 }
@@ -309,7 +310,7 @@ def settle(model: nn.Module) -> nn.Module:
     """One training-mode forward (batch-norm running statistics move off their initial values), then eval."""
     model.train()
     with torch.no_grad():
-        model(torch.randn(2, model.encoder[0].in_channels, 64, 64))
+        model(torch.randn(2, model.options["in_channels"], 64, 64))
     return model.eval()
 
 
@@ -577,13 +578,14 @@ CHOICES = {
     "block": ["plain", "residual"],
     "norm": ["batch", "group", "instance", "none"],
     "dropout_at": ["bottleneck", "decoder", "encoder", "all"],
+    "stem": ["full", "space_to_depth"],
 }
 
 
 @pytest.mark.parametrize("option, value", [
     ("skip", "sum"), ("skip", "Concat"), ("skip", ["add"]), ("downsample", "avgpool"), ("strided_kernel", 4),
     ("strided_kernel", "3"), ("upsample", "nearest"), ("block", "dense"), ("norm", "layer"), ("norm", True),
-    ("dropout_at", "everywhere"),
+    ("dropout_at", "everywhere"), ("stem", "pixel_unshuffle"),
 ])
 def test_bad_choice_names_the_option_and_the_allowed_values(option, value):
     with pytest.raises(ValueError) as info:
@@ -610,3 +612,36 @@ def test_every_choice_is_accepted():
     for option, values in CHOICES.items():
         for value in values:
             assert isinstance(UNet(base_width=2, depth=1, **{option: value}), UNet)
+
+
+def test_space_to_depth_stem_runs_every_level_at_half_resolution():
+    """The first level sees 2x2 pixel blocks as 4x the channels at half the side; the head's 4 logits per class
+    are the 2x2 block of full-resolution logits (pixel-shuffle), so output pixel (i, j) comes from head channel
+    (i % 2) * 2 + j % 2."""
+    model = build({"stem": "space_to_depth"}, in_channels=3, classes=2).eval()
+    assert model.encoder[0][0].in_channels == 12
+    assert model.head.out_channels == 8
+    seen = {}
+    model.encoder[0].register_forward_hook(lambda m, i, o: seen.update(level0=o.shape))
+    model.head.register_forward_hook(lambda m, i, o: seen.update(head=o))
+    with torch.no_grad():
+        out = model(torch.randn(1, 3, 64, 64))
+    assert seen["level0"][-2:] == (32, 32)
+    assert out.shape == (1, 2, 64, 64)
+    head = seen["head"]  # (1, 8, 32, 32): class c, block position k at channel c * 4 + k
+    assert torch.equal(out[0, 1, 1::2, 0::2], head[0, 1 * 4 + 2])
+    assert torch.equal(out[0, 0, 0::2, 1::2], head[0, 0 * 4 + 1])
+
+
+def test_space_to_depth_pads_odd_sizes_to_twice_the_multiple():
+    model = build({"stem": "space_to_depth"}).eval()  # depth 3: pads to a multiple of 16
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 101, 37)).shape == (1, 1, 101, 37)
+
+
+def test_space_to_depth_quarters_the_flops_at_the_same_widths():
+    from unetlab.models.summary import count_flops
+
+    full, s2d = create_model("unet"), create_model("unet-s2d")
+    ratio = count_flops(s2d, 1, 128, 128) / count_flops(full, 1, 128, 128)
+    assert 0.24 < ratio < 0.27

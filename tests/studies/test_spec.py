@@ -8,7 +8,7 @@ import yaml
 from unetlab.errors import ConfigError
 from unetlab.studies.spec import load_study, parse_study, study_description, study_names
 
-BUILTIN = {"phases", "q51-downsampling", "q52-skips", "q53-fcn", "q54-threshold"}
+BUILTIN = {"phases", "q51-downsampling", "q52-skips", "q53-fcn", "q54-threshold", "stem-s2d"}
 
 
 def _spec(**changes):

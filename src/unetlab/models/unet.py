@@ -101,6 +101,12 @@ DROPOUT_AT: dict[str, tuple[Callable[[int, int], bool], bool]] = {
 }
 
 
+# stem name -> side of the pixel blocks folded into channels before the first level (and unfolded by the head):
+# "space_to_depth" runs the first level at half resolution on 2x2 blocks (pixel-unshuffle), which keeps the
+# thin full-resolution layers, slow on CPUs (BENCHMARKS.md, `unetlab bench layers`), out of the model.
+STEMS: dict[str, int] = {"full": 1, "space_to_depth": 2}
+
+
 def _positive_int(option: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{option} must be a positive integer; got {value!r}")
@@ -134,6 +140,10 @@ class UNet(nn.Module):
     "encoder" after every downsampling, "bottleneck" only after the last one (the bottleneck's
     input), "decoder" after every decoder block, "all" both encoder and decoder (the seed's placement).
 
+    `stem`: "full" (the seed's: the first level at the input's resolution) or "space_to_depth" (the input's
+    2x2 pixel blocks become 4x the input channels, pixel-unshuffle, so every level runs at half the
+    resolution; the head predicts 4 logits per class and pixel-shuffles them back to full resolution).
+
     Every option is validated here; a bad value raises ValueError naming the option and the allowed
     values. With the defaults, module names and state-dict keys are the seed's
     (`encoder.{i}.{0,1,3,4}`, `bottleneck`, `upsample.{i}`, `decoder.{i}`, `attention.{i}`, `head`).
@@ -149,7 +159,8 @@ class UNet(nn.Module):
                  norm: Literal["batch", "group", "instance", "none"] = "batch",
                  dropout: float = 0.0,
                  dropout_at: Literal["bottleneck", "decoder", "encoder", "all"] = "all",
-                 scse: bool = False):
+                 scse: bool = False,
+                 stem: Literal["full", "space_to_depth"] = "full"):
         super().__init__()
         in_channels = _positive_int("in_channels", in_channels)
         classes = _positive_int("classes", classes)
@@ -172,6 +183,7 @@ class UNet(nn.Module):
         make_block = choose("block", block, BLOCKS)
         choose("norm", norm, NORMS)
         drop_after_level, drop_in_decoder = choose("dropout_at", dropout_at, DROPOUT_AT)
+        self.stem_factor = choose("stem", stem, STEMS)
 
         self.depth = depth
         self.widths = widths
@@ -179,7 +191,7 @@ class UNet(nn.Module):
             "in_channels": in_channels, "classes": classes, "base_width": base_width, "depth": depth,
             "width_multiplier": width_multiplier, "downsample": downsample, "strided_kernel": strided_kernel,
             "skip": skip, "upsample": upsample, "block": block, "norm": norm, "dropout": dropout,
-            "dropout_at": dropout_at, "scse": scse,
+            "dropout_at": dropout_at, "scse": scse, "stem": stem,
         }
         self.merge = merge
 
@@ -189,7 +201,7 @@ class UNet(nn.Module):
         self.encoder = nn.ModuleList()
         self.downsample = nn.ModuleList()
         self.encoder_dropout = nn.ModuleList()
-        channels = in_channels
+        channels = in_channels * self.stem_factor**2
         for level, width in enumerate(widths[:-1]):
             self.encoder.append(make_block(channels, width, norm))
             self.downsample.append(make_down(width, strided_kernel, norm))
@@ -206,10 +218,12 @@ class UNet(nn.Module):
             self.decoder.append(make_block(skip_factor * width, width, norm))
             self.attention.append(SCSE(width) if scse else nn.Identity())
             self.decoder_dropout.append(drop(drop_in_decoder))
-        self.head = nn.Conv2d(widths[0], classes, 1)
+        self.head = nn.Conv2d(widths[0], classes * self.stem_factor**2, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, (height, width) = pad_to_multiple(x, 2**self.depth)
+        x, (height, width) = pad_to_multiple(x, 2**self.depth * self.stem_factor)
+        if self.stem_factor > 1:
+            x = F.pixel_unshuffle(x, self.stem_factor)
         skips = []
         for block, down, drop in zip(self.encoder, self.downsample, self.encoder_dropout):
             x = block(x)
@@ -219,7 +233,10 @@ class UNet(nn.Module):
         for up, block, attention, drop, skip in zip(self.upsample, self.decoder, self.attention,
                                                     self.decoder_dropout, reversed(skips)):
             x = drop(attention(block(self.merge(up(x), skip))))
-        return self.head(x)[..., :height, :width]
+        x = self.head(x)
+        if self.stem_factor > 1:
+            x = F.pixel_shuffle(x, self.stem_factor)
+        return x[..., :height, :width]
 
 
 # The class is its own factory: one signature, so the registry's option check reads the class's.
@@ -240,3 +257,4 @@ register_variant("unet-groupnorm", base="unet", norm="group")
 register_variant("unet-instancenorm", base="unet", norm="instance")
 register_variant("unet-nonorm", base="unet", norm="none")
 register_variant("unet-scse", base="unet", scse=True)
+register_variant("unet-s2d", base="unet", stem="space_to_depth")
