@@ -85,8 +85,8 @@ def test_operator_kinds(name, kind):
 
 def test_level_of_an_operator_is_its_first_batch_sized_4d_tensor():
     assert _first_level([[16, 16, 3, 3], [32, 16, 128, 128]], 32) == "128x128"
-    assert _first_level([[16, 16, 3, 3], []], 32) == "weights / other"  # a weight cast or update
-    assert _first_level(None, 32) == "weights / other"
+    assert _first_level([[16, 16, 3, 3], []], 32) == "no batch tensor"  # a weight cast or update
+    assert _first_level(None, 32) == "no batch tensor"
 
 
 def test_default_setting_follows_the_config():
@@ -100,10 +100,11 @@ def test_bench_layers_end_to_end_on_a_tiny_model(tmp_path):
     lines: list[str] = []
     out = tmp_path / "layers.json"
     result = bench_layers(load_config("tgs-salt", TINY), settings=["fp32-nchw"], min_seconds=0.001, steps=2,
-                          out=out, log=lines.append)
+                          out=out, log=lines.append, peak_sides=(64, 128))
     saved = json.loads(out.read_text())
     assert saved["input"] == "2x1x32x32" and saved["setting"] == "bf16-cl"
-    assert saved["peak_gflops"]["bf16"] > 0 and saved["peak_gflops"]["fp32"] > 0
+    assert saved["peak_gflops"]["bf16"] == max(v for k, v in saved["matmul_gflops"]["bf16"].items() if k != "peak")
+    assert saved["peak_gflops"]["bf16"] > 0 and saved["peak_gflops"]["fp32"] > 0 and saved["copy_bandwidth_gb_s"] > 0
     names = [row["name"] for row in saved["layers"]]
     assert names[0] == "encoder.0.0" and names[-1] == "head"
     first = saved["layers"][0]["settings"]

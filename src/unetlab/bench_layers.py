@@ -3,8 +3,10 @@ the spot.
 
 Three measurements, one run:
 
-1. **Peak**: a square matmul (2048 by default) in bf16 and in fp32 on the threads torch uses, GFLOP/s. Every
-   "share of peak" below divides by the bf16 figure measured here, never by a datasheet number.
+1. **Peak**: the best of square matmuls (sides 1024, 2048, 4096) in bf16 and in fp32 on the threads torch
+   uses, GFLOP/s. Every
+   "share of peak" below divides by the bf16 figure measured here, never by a datasheet number. And the
+   memory bandwidth of a 256 MB copy, the bound of element-wise operators on full-resolution tensors.
 2. **Layers**: every convolution of the model (plain and transposed) with the input shape it sees in a real
    forward pass, timed alone in each pass training runs: forward, backward to its input (not run for the
    model's first convolution, whose input needs no gradient) and backward to its weights (and bias). The
@@ -78,12 +80,24 @@ def time_call(fn: Callable[[], Any], min_seconds: float = 0.2, rounds: int = 3) 
     return best
 
 
-def matmul_peak(dtype: torch.dtype, side: int = 2048, min_seconds: float = 0.5) -> float:
-    """GFLOP/s of a `side` x `side` matmul in `dtype` on this process's threads."""
-    a = torch.randn(side, side).to(dtype)
-    b = torch.randn(side, side).to(dtype)
-    seconds = time_call(lambda: torch.mm(a, b), min_seconds=min_seconds)
-    return 2 * side**3 / seconds / 1e9
+def matmul_peak(dtype: torch.dtype, sides: tuple[int, ...] = (1024, 2048, 4096),
+                min_seconds: float = 0.5) -> dict[str, float]:
+    """GFLOP/s of square matmuls in `dtype` on this process's threads, by side, and their best as "peak"."""
+    rates = {}
+    for side in sides:
+        a = torch.randn(side, side).to(dtype)
+        b = torch.randn(side, side).to(dtype)
+        rates[str(side)] = 2 * side**3 / time_call(lambda: torch.mm(a, b), min_seconds=min_seconds) / 1e9
+    return {**rates, "peak": max(rates.values())}
+
+
+def copy_bandwidth(megabytes: int = 256, min_seconds: float = 0.5) -> float:
+    """GB/s moved (read + write) by copying a `megabytes` tensor: the memory bound of element-wise operators on
+    tensors larger than the caches."""
+    source = torch.ones(megabytes * 2**20 // 4)
+    target = torch.empty_like(source)
+    seconds = time_call(lambda: target.copy_(source), min_seconds=min_seconds)
+    return 2 * source.numel() * 4 / seconds / 1e9
 
 
 # --------------------------------------------------------------------------------------------- the layers
@@ -234,12 +248,13 @@ def op_kind(name: str) -> str:
 
 
 def _first_level(shapes: list, batch_size: int) -> str:
-    """The resolution of an operator's first batch-sized 4-D tensor; "weights / other" for everything else (weight
-    casts, optimiser updates, scalars)."""
+    """The resolution of an operator's first batch-sized 4-D tensor; "no batch tensor" for everything else (weight
+    casts, optimiser updates, the augmentation's per-image matrices, and operators on tensor lists such as
+    `cat`, whose shapes the profiler does not record)."""
     for shape in shapes or []:
         if isinstance(shape, (list, tuple)) and len(shape) == 4 and shape[0] == batch_size:
             return f"{shape[2]}x{shape[3]}"
-    return "weights / other"
+    return "no batch tensor"
 
 
 @dataclass
@@ -326,7 +341,8 @@ def profile_step(step: _Step, steps: int) -> list[dict]:
 
 def bench_layers(config: Config | None = None, size: int | None = None, batch_size: int | None = None,
                  settings: list[str] | None = None, min_seconds: float = 0.2, steps: int = 5,
-                 out: str | Path | None = None, log: Callable[[str], None] = print) -> dict:
+                 out: str | Path | None = None, log: Callable[[str], None] = print,
+                 peak_sides: tuple[int, ...] = (1024, 2048, 4096)) -> dict:
     """The peak, the layer table, the level table and the step breakdown of the module docstring.
 
     `settings` are names of `SETTINGS` (default: the config's own); the level table and the step use the
@@ -341,14 +357,19 @@ def bench_layers(config: Config | None = None, size: int | None = None, batch_si
         raise ConfigError(f"--setting {unknown[0]}: unknown; choose from {', '.join(SETTINGS)}")
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
-    peak = {"bf16": matmul_peak(torch.bfloat16), "fp32": matmul_peak(torch.float32)}
+    matmuls = {name: matmul_peak(dtype, peak_sides, min_seconds=max(min_seconds, 0.01))
+               for name, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32))}
+    peak = {name: rates["peak"] for name, rates in matmuls.items()}
+    bandwidth = copy_bandwidth(min_seconds=max(min_seconds, 0.01))
     step = _build_step(cfg, size, batch_size)
     input_shape = (batch_size, cfg.model.in_channels, size, size)
     rows = layer_rows(step.model, input_shape, sorted(set(settings) | {own}), min_seconds)
     result = {
         "date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}", "model": cfg.model.model_dump(),
-        "input": "x".join(map(str, input_shape)), "setting": own, "peak_gflops": peak, "layers": rows,
+        "input": "x".join(map(str, input_shape)), "setting": own, "peak_gflops": peak, "matmul_gflops": matmuls,
+        "copy_bandwidth_gb_s": bandwidth,
+        "layers": rows,
         "levels": level_rows(rows, own, peak["bf16"]), "phases_seconds": phase_seconds(step, steps),
         "profile": profile_step(step, max(1, steps // 2)),
     }
@@ -361,7 +382,10 @@ def bench_layers(config: Config | None = None, size: int | None = None, batch_si
 def log_tables(result: dict, settings: list[str], log: Callable[[str], None]) -> None:
     peak, own = result["peak_gflops"], result["setting"]
     log(f"{result['model']['name']}, input {result['input']}, {result['machine']}")
-    log(f"peak measured now: bf16 matmul {peak['bf16']:.0f} GFLOP/s, fp32 matmul {peak['fp32']:.0f} GFLOP/s")
+    sides = ", ".join(side for side in result["matmul_gflops"]["bf16"] if side != "peak")
+    log(f"peak measured now (best square matmul of sides {sides}): "
+        f"bf16 {peak['bf16']:.0f} GFLOP/s, fp32 {peak['fp32']:.0f} GFLOP/s, "
+        f"memory copy {result['copy_bandwidth_gb_s']:.1f} GB/s (read + write)")
     log("")
     log("layer                          level    channels   " + "  ".join(
         f"{s + ' fwd/bwd-in/bwd-w GFLOP/s':>34s}" for s in settings))
