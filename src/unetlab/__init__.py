@@ -3,9 +3,9 @@
 from unetlab._version import __version__
 
 from unetlab.api import (  # noqa: E402
-    Callback, Config, Predictor, TrainResult, bench_train, create_model, demo, evaluate, list_models, load_config,
+    Callback, Config, EnsemblePredictor, Predictor, TrainResult, bench_train, create_model, demo, evaluate, list_models, load_config,
     predict, train,
 )
 
-__all__ = ["Callback", "Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
+__all__ = ["Callback", "Config", "EnsemblePredictor", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
            "list_models", "load_config", "predict", "train", "__version__"]

@@ -3,6 +3,7 @@
     from unetlab import load_config, train, evaluate, predict, demo, create_model
     result = train(load_config("tgs-salt"), data_root="data/tgs-salt")
     evaluate(result.run_dir, "data/tgs-salt")
+    predict(run_a, ["sections/"], "pred/", ensemble=[run_b, run_c])   # probabilities averaged over the runs
 
 `train` and `resume` take `callbacks=[...]` (subclasses of `unetlab.engine.callbacks.Callback`) to
 watch or stop a run: a study cell, a pruner, a progress display.
@@ -23,6 +24,7 @@ from unetlab.engine.trainer import TrainResult
 from unetlab.engine.trainer import resume as _resume
 from unetlab.engine.trainer import train as _train
 from unetlab.evaluation import evaluate
+from unetlab.inference.ensemble import EnsemblePredictor
 from unetlab.inference.predict import predict
 from unetlab.inference.predictor import Predictor
 from unetlab.models import create_model, list_models
@@ -63,6 +65,6 @@ def resume(run_dir: str | Path, data_root: str | Path | None = None, overrides: 
     return result
 
 
-__all__ = ["Callback", "Config", "Predictor", "TrainResult", "bench_train", "create_model", "demo", "evaluate",
-           "list_models", "load_config", "load_study", "plot_runs", "predict", "resume", "run_study", "study_status",
-           "train", "tune", "tune_report"]
+__all__ = ["Callback", "Config", "EnsemblePredictor", "Predictor", "TrainResult", "bench_train", "create_model", "demo",
+           "evaluate", "list_models", "load_config", "load_study", "plot_runs", "predict", "resume", "run_study",
+           "study_status", "train", "tune", "tune_report"]

@@ -171,6 +171,9 @@ def evaluate(
                               "(operating-point.json): predict, export and evaluate then decode at it"),
     worst: int = typer.Option(8, "--worst", min=0, help="how many of the worst images the gallery "
                               "figures/worst-*.png shows (0: none)"),
+    ensemble: List[Path] = typer.Option([], "--ensemble", help="another run folder (or checkpoint) whose "
+                                        "probabilities are averaged with RUN's (repeat for more); results go to "
+                                        "RUN's evaluation/ensemble<N>-*.json (docs/inference.md)"),
 ) -> None:
     """Score a run on labelled data: metrics, threshold and min-area sweeps, report.md and a prediction figure;
     --choose picks operating points, --save keeps one with the run."""
@@ -179,7 +182,7 @@ def evaluate(
     command = shlex.join(["unetlab", *sys.argv[1:]]) if sys.argv[1:2] == ["evaluate"] else None
     api_evaluate(run, data, split=split.value, threshold=threshold, tta=_value(tta), which=which.value,
                  command=command, min_area=min_area, choose=choose or None, save=save, min_component=min_component,
-                 worst=worst)
+                 worst=worst, ensemble=ensemble)
 
 
 @app.command()
@@ -222,6 +225,10 @@ def predict(
                                    "(without it, only files an earlier predict wrote there are replaced)"),
     max_pixels: Optional[int] = typer.Option(None, "--max-pixels", min=1, help="refuse images of more pixels "
                                              "than this (default: the run's data.max_pixels)"),
+    ensemble: List[Path] = typer.Option([], "--ensemble", help="another run folder (or checkpoint) whose "
+                                        "probabilities are averaged with RUN's (repeat for more); TTA, tiling and "
+                                        "decoding default to RUN's, no run's operating point is applied "
+                                        "(docs/inference.md)"),
 ) -> None:
     """Predict masks (0/255 foreground, or class indices) and overlays: one PNG each per image, at its own size.
 
@@ -236,7 +243,7 @@ def predict(
             "inline_byte": segy_inline_byte, "crossline_byte": segy_crossline_byte}
     api_predict(run, inputs, out, threshold=threshold, tta=_value(tta), which=which.value, min_area=min_area,
                 min_component=min_component, probabilities=_value(probabilities), tile=tile,
-                tile_overlap=tile_overlap, segy=segy, overwrite=overwrite, max_pixels=max_pixels)
+                tile_overlap=tile_overlap, segy=segy, overwrite=overwrite, max_pixels=max_pixels, ensemble=ensemble)
 
 
 @app.command()

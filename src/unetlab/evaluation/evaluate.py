@@ -3,7 +3,8 @@ operating point when it has one for this checkpoint, else the checkpoint's thres
 threshold sweep of salt-pixel precision/recall, a min-area sweep, and the seed's figure (image / truth /
 prediction for training and validation samples). Results go to
 RUN/evaluation/<checkpoint>-<split>[-tta-X][-tT][-aN][-cK].json (the suffixes only when TTA, threshold,
-min area or min component differ from the predictor's) and RUN/report.md lists them all.
+min area or min component differ from the predictor's) and RUN/report.md lists them all. An ensemble
+(`ensemble=`, inference/ensemble.py) is scored into its first run as ensemble<N>-<checkpoint>-<split>....json.
 
 `--choose CRITERION` (binary runs; evaluation/operating_points.py) picks the threshold, min area and
 smallest component jointly from one pass over the set's probabilities; several criteria give a table
@@ -26,7 +27,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +40,7 @@ from unetlab.evaluation.diagnostics import binary_diagnostics, check_worst, mult
 from unetlab.evaluation.operating_points import (AREAS, OperatingPoint, OperatingPointSearch, parse_criteria,
                                                  scores as count_scores, with_min_area)
 from unetlab.files import atomic_write_text
+from unetlab.inference.ensemble import EnsemblePredictor, load_predictor
 from unetlab.inference.predictor import Predictor, decoding_options, decoding_text
 from unetlab.metrics import BinarySegmentationMetrics, image_iou, tgs_image_scores
 from unetlab.run_folder import RunFolder
@@ -213,6 +215,7 @@ def write_report(run_dir: Path) -> Path:
         min_component = "-" if r.get("task") == "multiclass" else r.get("min_component", 0)
         lines.append(f"| {r['checkpoint']} | {r['epoch']} | {r['split']} | {r['images']} | {threshold} | "
                      f"{min_area} | {min_component} | {r['tta']} | {values} |")
+    lines += _ensemble_report(rows)
     if multiclass:
         lines += ["", "mIoU: mean over classes of TP / (TP + FP + FN) over all labelled pixels of the set (a class "
                   "in neither truth nor prediction is left out); ignored pixels count nowhere. Per-class IoU is in "
@@ -274,6 +277,17 @@ def _operating_point_report(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _ensemble_report(rows: list[dict]) -> list[str]:
+    """report.md: every ensemble's member runs, and what of theirs it did not apply."""
+    lines = []
+    for r in rows:
+        if r.get("members"):
+            runs = ", ".join(f"`{m['checkpoint']}` (epoch {m['epoch']})" for m in r["members"])
+            lines += ["", f"`{r['checkpoint']}` on {r['split']}: the mean probabilities of {len(r['members'])} "
+                      f"checkpoints, decoded once: {runs}."] + [f"Note: {note}" for note in r.get("notes", [])]
+    return lines
+
+
 def _result_tag(predictor: Predictor, which: str, split: str, tta: str, threshold: float, min_area: int,
                 min_component: int) -> str:
     """One result file per setting: non-default TTA, threshold, min area or min component get their own, so
@@ -309,12 +323,47 @@ def _figure_rows(predictor: Predictor, dataset: ArrayDataset, sets: dict[str, np
     return rows
 
 
+def _model_name(predictor: Predictor | EnsemblePredictor, which: str) -> str:
+    """What results call the model: the checkpoint ('best'), or 'ensemble2-best', never taken for one model's."""
+    return predictor.describe(which) if isinstance(predictor, EnsemblePredictor) else which
+
+
+def _ensemble_fields(predictor: Predictor | EnsemblePredictor) -> dict:
+    """An ensemble's members (first run first) and notes, for its evaluation JSON; nothing for one model."""
+    if not isinstance(predictor, EnsemblePredictor):
+        return {}
+    return {"members": predictor.member_records(), "notes": predictor.notes}
+
+
+def _validation_ids(checkpoint: Path) -> frozenset[str] | None:
+    try:
+        return frozenset(json.loads(RunFolder.of(checkpoint).split_path.read_text())["val"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # no (readable) split: nothing says which images the run was validated on
+
+
+def _check_shared_validation(ensemble: EnsemblePredictor, option: str) -> None:
+    """Scoring an ensemble on the first run's validation split is fair only when every member was validated on
+    (so trained without) the same images; k-fold models each hold out a different fold."""
+    first = _validation_ids(ensemble.checkpoints[0])
+    for path in ensemble.checkpoints[1:]:
+        if first is None or _validation_ids(path) != first:
+            raise UnetlabError(f"--split {option}: {RunFolder.of(ensemble.checkpoints[0]).path} and "
+                               f"{RunFolder.of(path).path} have different validation splits ({RunFolder.SPLIT}), so "
+                               "each member has seen other members' validation images in training; pass --split all "
+                               "on held-out data instead")
+
+
 def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", threshold: float | None = None,
              tta: str | None = None, which: str = "best", figure_samples: int = 6,
              log: Callable[[str], None] = print, command: str | None = None,
              dataset: ArrayDataset | None = None, min_area: int | None = None, choose: list[str] | None = None,
-             save: bool = False, min_component: int | None = None, worst: int = 8) -> dict:
+             save: bool = False, min_component: int | None = None, worst: int = 8,
+             ensemble: Sequence[str | Path] = ()) -> dict:
     """Score checkpoint `which` of `run` on `data_root`; write JSON, report.md and figures into the run.
+
+    `ensemble`: more runs (or checkpoints) whose probabilities are averaged with `run`'s (inference/ensemble.py);
+    the results go to `run`'s evaluation folder as ensemble<N>-<checkpoint>-<split>...json, listing every member.
 
     `choose`: criteria (evaluation/operating_points.py) whose operating points are chosen on this set;
     `save`: store the one chosen point in RUN/operating-point.json for this checkpoint; `worst`: how many of the
@@ -324,10 +373,15 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     criteria = parse_criteria(choose or [])
     if save and len(criteria) != 1:
         raise UnetlabError(f"--save stores one operating point: give exactly one --choose (got {len(criteria)})")
+    if ensemble and save:
+        raise UnetlabError("--save: an operating point belongs to one checkpoint, not to an ensemble; drop --save "
+                           "(and give predict the chosen --threshold, --min-area, --min-component)")
     checkpoint = RunFolder.resolve_checkpoint(run, which)
     folder = RunFolder.of(checkpoint)
     run_dir = folder.path
-    predictor = Predictor.load(checkpoint)
+    predictor = load_predictor(checkpoint, which, ensemble)
+    name = _model_name(predictor, which)
+    members = "".join(f" --ensemble {member}" for member in ensemble)
     if criteria and predictor.task.name != "binary":
         raise UnetlabError(f"--choose applies to binary runs (a threshold and image rules); this run is "
                            f"{predictor.task.name}, decoded by argmax: drop --choose")
@@ -335,12 +389,17 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     tta = predictor.config.eval.tta if tta is None else tta
     if dataset is None:
         dataset = load_for_config(predictor.config, data_root)
+    asked = split
     split, sets = _choose_indices(folder, dataset, split)
+    if isinstance(predictor, EnsemblePredictor) and split == "val":
+        _check_shared_validation(predictor, asked)
+    for note in _ensemble_fields(predictor).get("notes", []):
+        log(f"note: {note}")
     indices = sets[split]
     if predictor.task.name == "multiclass":
-        return _evaluate_multiclass(predictor, folder, dataset, data_root, split, sets, which, tta,
+        return _evaluate_multiclass(predictor, folder, dataset, data_root, split, sets, name, tta,
                                     figure_samples, log, command or f"unetlab evaluate {run} --data {data_root} "
-                                    f"--split {split} --which {which}", worst)
+                                    f"--split {split} --which {which}{members}", worst)
     probs = predictor.predict_proba([dataset.images[i] for i in indices], tta=tta)
     prob_t = torch.from_numpy(np.stack(probs))
     truth_t = torch.from_numpy(dataset.masks[indices])
@@ -356,13 +415,13 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
     best_area_at = int(np.argmax(area_sweep["tgs_map"]))
     points = search.choose(criteria) if criteria else []
     epoch = predictor.epoch
-    command = command or (f"unetlab evaluate {run} --data {data_root} --split {split} --which {which}"
+    command = command or (f"unetlab evaluate {run} --data {data_root} --split {split} --which {which}{members}"
                           + "".join(f" --choose '{c.text}'" for c in criteria) + (" --save" if save else ""))
     saved = predictor.operating_point
     at_saved = saved is not None and (threshold, min_area, min_component) == (
         saved["threshold"], saved["min_area"], saved["min_component"])
 
-    tag = _result_tag(predictor, which, split, tta, threshold, min_area, min_component)
+    tag = _result_tag(predictor, name, split, tta, threshold, min_area, min_component)
     save_threshold_curve(folder.figure_path(f"threshold-{tag}.png"), SWEEP, sweep["precision"], sweep["recall"],
                          sweep["tgs_map"], chosen=threshold)
     if points:
@@ -371,11 +430,11 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
                         figure_samples)
     decoding = decoding_text(predictor, threshold, min_area, min_component)
     save_prediction_grid(folder.figure_path(f"predictions-{tag}.png"), rows,
-                         title=f"{run_dir.name}: {which} checkpoint (epoch {epoch}), threshold {threshold:g}, "
+                         title=f"{run_dir.name}: {name} checkpoint (epoch {epoch}), threshold {threshold:g}, "
                                f"TTA {tta}" + (f", min area {min_area}" if min_area else "")
                                + (f", min component {min_component}" if min_component else ""))
     result = {
-        "run": str(run_dir), "checkpoint": which, "epoch": epoch, "data": str(data_root), "split": split,
+        "run": str(run_dir), "checkpoint": name, "epoch": epoch, "data": str(data_root), "split": split,
         "images": int(len(indices)), "threshold": threshold, "tta": tta, "min_area": min_area,
         "min_component": min_component, "metrics": scores,
         "operating_point": {k: saved[k] for k in ("criterion", "data", "split", "images", "tta")} if at_saved else None,
@@ -386,6 +445,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         "best_min_area_on_this_set": AREA_SWEEP[best_area_at],
         **({"operating_points": [p.as_dict() for p in points]} if points else {}),
         "command": command,
+        **_ensemble_fields(predictor),
         "per_image": per_image,
     }
     result.update(binary_diagnostics(folder, tag, dataset, indices, per_image, worst, lambda images: [
@@ -393,7 +453,7 @@ def evaluate(run: str | Path, data_root: str | Path, split: str = "auto", thresh
         for p in predictor.predict_proba(images, tta=tta)]))
     atomic_write_text(folder.evaluation_path(tag), result_json(result))
     write_report(folder.path)
-    log(f"{which} checkpoint (epoch {epoch}) on {split} ({len(indices)} images), {decoding}, TTA {tta}: "
+    log(f"{name} checkpoint (epoch {epoch}) on {split} ({len(indices)} images), {decoding}, TTA {tta}: "
         + "  ".join(f"{k} {scores[k]:.4f}" for k in METRIC_NAMES))
     if result["chosen_on_these"]:
         log(f"warning: the operating point was chosen on these images: {OPTIMISTIC}")
@@ -443,6 +503,7 @@ def _evaluate_multiclass(predictor: Predictor, folder: RunFolder, dataset: Array
         "run": str(folder.path), "task": "multiclass", "checkpoint": which, "epoch": predictor.epoch,
         "data": str(data_root), "split": split, "images": int(len(indices)), "threshold": None, "tta": tta,
         "class_names": task.class_names, "metrics": scores, "confusion": confusion, "command": command,
+        **_ensemble_fields(predictor),
         "per_image": {"ids": [str(dataset.ids[i]) for i in indices], "confusion": per_image},
     }
     result.update(multiclass_diagnostics(folder, tag, dataset, indices, result["per_image"], confusion,

@@ -29,6 +29,7 @@ from unetlab.data.io import pixel_limit, read_image, save_png
 from unetlab.data.rle import rle_encode
 from unetlab.errors import UnetlabError
 from unetlab.files import atomic_path, atomic_write_text
+from unetlab.inference.ensemble import EnsemblePredictor, load_predictor, run_records
 from unetlab.inference.predictor import Predictor, decoding_options, decoding_text
 from unetlab.inference.segy import is_segy, predict_segy
 from unetlab.inference.tiling import check_tiling
@@ -38,7 +39,7 @@ from unetlab.viz import colorize_labels, label_palette, overlay_boundary
 
 PREDICT_SUFFIXES = IMAGE_SUFFIXES | {".npy"}
 PROBABILITY_FORMATS = ("npy", "png16")
-MANIFEST = ".unetlab-predict.json"  # in --out: the files predict wrote there (relative paths)
+MANIFEST = ".unetlab-predict.json"  # in --out: the files predict wrote there (relative paths), the latest one's runs
 OUTPUT_FOLDERS = ("masks", "overlays", "probabilities", "previews")
 BAND_PIXELS = 1 << 22  # overlays are drawn ~4 M pixels at a time: float temporaries of ~100 MB at any size
 
@@ -181,19 +182,22 @@ def _read_manifest(out_dir: Path) -> set[str]:
         return set()  # none (or unreadable): nothing in the folder counts as predict's own
 
 
-def _claim_outputs(out_dir: Path, targets: Sequence[Path], overwrite: bool = False) -> None:
+def _claim_outputs(out_dir: Path, targets: Sequence[Path], overwrite: bool = False,
+                   about: Mapping[str, Any] | None = None) -> None:
     """Refuse, before anything is written, a target that exists and is not predict's own (listed in the
-    manifest) unless `overwrite`; then list every target in the manifest, so a rerun may replace them."""
+    manifest) unless `overwrite`; then list every target in the manifest, so a rerun may replace them.
+    `about` (the run(s) of this predict) is written into the manifest too, replacing an earlier one's."""
     own = _read_manifest(out_dir)
     names = [target.relative_to(out_dir).as_posix() for target in targets]
     for target, name in zip(targets, names):
         if not overwrite and name not in own and (target.exists() or target.is_symlink()):
             raise UnetlabError(f"{target}: already exists and unetlab predict did not write it; pass --overwrite "
                                "to replace it, or predict into another --out folder")
-    if not own.issuperset(names):
+    if not own.issuperset(names) or about is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / MANIFEST, json.dumps({"written_by": "unetlab predict",
-                                                          "files": sorted(own | set(names))}, indent=1) + "\n")
+                                                          "files": sorted(own | set(names)), **(about or {})},
+                                                         indent=1) + "\n")
 
 
 def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, threshold: float | None = None,
@@ -201,14 +205,15 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
             log: Callable[[str], None] = print, min_area: int | None = None,
             min_component: int | None = None, probabilities: str | None = None, tile: int | None = None,
             tile_overlap: int | None = None, segy: Mapping[str, Any] | None = None, overwrite: bool = False,
-            max_pixels: int | None = None) -> list[Path]:
+            max_pixels: int | None = None, ensemble: Sequence[str | Path] = ()) -> list[Path]:
     """Predict every image in `inputs`; returns the mask paths written. `probabilities` (npy or png16)
     also writes them; `tile` / `tile_overlap` override the run's eval.tile / eval.tile_overlap. SEG-Y
     volumes among the inputs (.sgy, .segy) go to `inference.segy.predict_segy` with the options `segy`
     (axis, clip, clip_percentile, write, formats, previews, ...); their cubes are in the returned paths.
     Existing files are replaced only when predict wrote them or `overwrite` is set (module docstring);
-    `max_pixels` overrides the run's data.max_pixels."""
-    predictor = Predictor.load(run, which)
+    `max_pixels` overrides the run's data.max_pixels. `ensemble`: more runs (or checkpoints) whose
+    probabilities are averaged with `run`'s (inference/ensemble.py); the manifest lists every run used."""
+    predictor = load_predictor(run, which, ensemble)
     if probabilities not in (None, *PROBABILITY_FORMATS):
         raise UnetlabError(f"--probabilities {probabilities}: choose {' or '.join(PROBABILITY_FORMATS)}")
     tile = predictor.config.eval.tile if tile is None else tile
@@ -224,7 +229,11 @@ def predict(run: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, 
     targets = [target for volume in volumes for target in _segy_targets(out_dir, volume, dict(segy or {}))]
     if files:
         targets += _image_targets(out_dir, files, probabilities, predictor.task.class_names if multiclass else None)
-    _claim_outputs(out_dir, targets, overwrite)
+    notes = predictor.notes if isinstance(predictor, EnsemblePredictor) else []
+    _claim_outputs(out_dir, targets, overwrite, {"runs": run_records(predictor, run, which),
+                                                 **({"notes": notes} if notes else {})})
+    for note in notes:
+        log(f"note: {note}")
     written: list[Path] = []
     for volume in volumes:
         result = predict_segy(predictor, volume, out_dir, threshold=threshold, min_area=min_area,

@@ -168,15 +168,16 @@ class Predictor:
 
     @classmethod
     def load(cls, run_or_checkpoint: str | Path, which: str = "best", device: str = "auto",
-             threshold: float | None = None, min_area: int | None = None, min_component: int | None = None
-             ) -> "Predictor":
+             threshold: float | None = None, min_area: int | None = None, min_component: int | None = None,
+             use_operating_point: bool = True) -> "Predictor":
         """The model of a checkpoint, decoding at the run's saved operating point (operating-point.json, from
         `unetlab evaluate --choose C --save`) when it was chosen for this very checkpoint file, else at the
         checkpoint's threshold and the config's eval.min_area / eval.min_component. Each of `threshold`,
-        `min_area`, `min_component` given overrides that one value."""
+        `min_area`, `min_component` given overrides that one value. `use_operating_point=False` skips the
+        saved point (an ensemble's member: the point was chosen for this checkpoint alone)."""
         path = RunFolder.resolve_checkpoint(run_or_checkpoint, which)
         payload = load_checkpoint(path)
-        point = RunFolder.of(path).operating_point_for(path)
+        point = RunFolder.of(path).operating_point_for(path) if use_operating_point else None
         saved = {} if point is None else {key: point[key] for key in ("threshold", "min_area", "min_component")}
         decoding = {"threshold": float(payload["threshold"]), **saved}
         given = {"threshold": threshold, "min_area": min_area, "min_component": min_component}
