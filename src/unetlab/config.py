@@ -222,9 +222,10 @@ class OptimConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    name: Literal["plateau", "cosine", "onecycle", "step", "constant"] = Field(
+    name: Literal["plateau", "cosine", "onecycle", "step", "constant", "cosine_restarts"] = Field(
         "plateau", description="the learning-rate schedule: plateau (drop when the monitor stalls), cosine, "
-                               "onecycle (rise then cosine), step (milestones), constant")
+                               "onecycle (rise then cosine), step (milestones), constant, cosine_restarts "
+                               "(schedule.cycles cosines, a snapshot checkpoint at the end of each)")
     factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau and step: multiply the lr by this")
     milestones: list[float] = Field([0.5, 0.75], description="step: shares of training (0..1) where the lr drops")
 
@@ -235,9 +236,20 @@ class ScheduleConfig(_Section):
                               "strictly between 0 and 1, e.g. [0.5, 0.75]")
         return self
     patience: int = Field(5, ge=0, description="plateau: epochs without improvement before the rate drops")
-    min_lr: float = Field(1e-6, ge=0.0, description="the floor of plateau, cosine and onecycle")
+    min_lr: float = Field(1e-6, ge=0.0, description="the floor of plateau, cosine, onecycle and cosine_restarts")
     warmup_epochs: float = Field(0.0, ge=0.0, description="cosine: epochs of linear warm-up (onecycle: 30 % "
-                                 "of training when 0)")
+                                 "of training when 0; cosine_restarts: at the start of the first cycle only)")
+    cycles: int = Field(1, ge=1, description="cosine_restarts: equal cycles over training, each a cosine from "
+                        "optim.lr to min_lr; with 2 or more, checkpoints/snapshot-1.pt, snapshot-2.pt, ... are saved "
+                        "at the end of each (a snapshot ensemble, docs/inference.md); 1 = cosine")
+
+    @model_validator(mode="after")
+    def _cycles_need_restarts(self) -> "ScheduleConfig":
+        # Refused rather than ignored: someone asking for cycles expects the restarts and their snapshots.
+        if self.cycles > 1 and self.name != "cosine_restarts":
+            raise ConfigError(f"bad value for 'schedule.cycles': {self.cycles} cycles need "
+                              f"schedule.name=cosine_restarts (it is {self.name}); set it, or schedule.cycles=1")
+        return self
 
 
 class AugmentConfig(_Section):

@@ -16,7 +16,8 @@ The protocol (every method optional; subclass `Callback` and override what you n
 
 `trainer` exposes `cfg`, `run` (the RunFolder), `world`, `model`, `optimizer`, `state` (LoopState:
 epoch, global_step, best_value, best_epoch, epochs_without_improvement, elapsed), `history` (rows
-so far), `steps_per_epoch`, `images_per_step`, `task`, `is_main`, `elapsed()` and `log(text)`.
+so far), `steps_per_epoch`, `images_per_step`, `task`, `is_main`, `elapsed()`, `log(text)` and
+`checkpoint_payload(row)` (what best.pt holds of the epoch just validated, for a callback's own checkpoint).
 
 `default_callbacks(cfg, ...)` builds the built-in ones a config asks for; the Python API's `train`
 and `resume` take `callbacks=[...]` that run after them. A user callback that raises stops the
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from unetlab.engine.distributed import all_sum
+from unetlab.engine.schedule import cycles_completed
 from unetlab.errors import UnetlabError
 from unetlab.viz import save_learning_curves
 
@@ -228,6 +230,55 @@ class TensorBoard(Callback):
             self.writer.close()
 
 
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def snapshot_name(cycle: int) -> str:
+    """The checkpoint name (`RunFolder.checkpoint_path`) of the snapshot ending cycle `cycle` (1-based)."""
+    return f"snapshot-{cycle}"
+
+
+class Snapshots(Callback):
+    """checkpoints/snapshot-<k>.pt at the end of cycle k of `schedule.name: cosine_restarts`: a snapshot
+    ensemble (Huang et al. 2017) for `predict` / `evaluate --ensemble`.
+
+    Cycle k ends at the first epoch end whose training progress (the schedule's: steps or time budget)
+    reaches k / cycles; its snapshot holds what best.pt would of that epoch (the validated weights,
+    averaged ones when averaging). It is written here, before last.pt: a run killed in between does the
+    epoch again on resume and writes the same snapshot again, and the cycles done are counted from the
+    restored progress, so resume neither loses nor repeats one. An epoch that ends two cycles at once
+    keeps the later number. A run that stops before its last cycle ends (time budget, early stopping)
+    ends its cycle there: the snapshot of that cycle is last.pt's weights. So the last snapshot always
+    holds last.pt's weights.
+    """
+
+    def __init__(self, cycles: int):
+        self.cycles = cycles
+        self.saved = 0  # the highest cycle whose snapshot is written
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        self.saved = cycles_completed(trainer.state.progress_seen, self.cycles)
+
+    def on_epoch_end(self, trainer: "Trainer", row: dict[str, float]) -> None:
+        done = cycles_completed(trainer.state.progress_seen, self.cycles)
+        if done > self.saved:
+            path = trainer.run.save_checkpoint(snapshot_name(done), trainer.checkpoint_payload(row))
+            trainer.log(f"end of cycle {done} of {self.cycles}: saved {path}")
+            self.saved = done
+
+    def on_fit_end(self, trainer: "Trainer", result: "TrainResult | None") -> None:
+        from unetlab.engine.trainer import BEST_KEYS
+
+        run, epoch = trainer.run, trainer.state.epoch
+        if result is None or self.saved == self.cycles or not run.has_checkpoint("last"):
+            return
+        if self.saved and run.load_checkpoint(snapshot_name(self.saved)).get("epoch") == epoch:
+            return  # the run stopped right at a cycle's end: that snapshot is already its end
+        last = run.load_checkpoint("last")
+        path = run.save_checkpoint(snapshot_name(self.saved + 1), {k: last[k] for k in BEST_KEYS if k in last})
+        trainer.log(f"stopped inside cycle {self.saved + 1} of {self.cycles}: saved its end (last.pt) as {path}")
+
+
 # ----------------------------------------------------------------------------- what a person sees
 
 
@@ -279,7 +330,8 @@ class EpochLines(Callback):
 
 def default_callbacks(cfg: Any, is_main: bool, progress: bool) -> list[Callback]:
     """The built-in callbacks `cfg` asks for, in order: the divergence guard and the stopping rules on
-    every rank, then (rank 0 only) metrics.csv, TensorBoard, learning curves and what the user sees."""
+    every rank, then (rank 0 only) metrics.csv, TensorBoard, learning curves, what the user sees and the
+    snapshots of a cosine_restarts schedule with 2 or more cycles."""
     callbacks: list[Callback] = [DivergenceGuard()]
     if cfg.train.max_minutes:
         callbacks.append(TimeBudget(cfg.train.max_minutes))
@@ -288,6 +340,8 @@ def default_callbacks(cfg: Any, is_main: bool, progress: bool) -> list[Callback]
     if is_main:
         callbacks += [MetricsCsv(), TensorBoard(cfg.train.log_every_steps, cfg.train.image_every_epochs),
                       LearningCurves(), ProgressBar() if progress else EpochLines()]
+    if is_main and cfg.schedule.name == "cosine_restarts" and cfg.schedule.cycles > 1:
+        callbacks.append(Snapshots(cfg.schedule.cycles))  # after metrics.csv: what a snapshot claims is logged
     return callbacks
 
 
@@ -331,5 +385,5 @@ class CallbackList:
 
 
 __all__ = ["Callback", "CallbackList", "DivergenceGuard", "EarlyStopping", "EpochLines", "LearningCurves",
-           "MetricsCsv", "ProgressBar", "TensorBoard", "TimeBudget", "TrainingDiverged", "default_callbacks",
-           "typical_epoch_seconds"]
+           "MetricsCsv", "ProgressBar", "Snapshots", "TensorBoard", "TimeBudget", "TrainingDiverged",
+           "default_callbacks", "snapshot_name", "typical_epoch_seconds"]

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from unetlab.config import Config
+from unetlab.errors import ConfigError
 
 
 class Schedule:
@@ -95,6 +96,42 @@ class Cosine(ProgressSchedule):
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
+def cycles_completed(progress: float, cycles: int) -> int:
+    """How many of `cycles` equal cycles over training progress have ended at `progress` (0..cycles).
+
+    The schedule and the snapshot callback both count with this, so they agree on a cycle's end
+    even where progress * cycles lands a rounding error short of a whole number.
+    """
+    return max(0, min(cycles, math.floor(progress * cycles + 1e-9)))
+
+
+class CosineRestarts(Cosine):
+    """`cycles` equal cosine decays over training progress, each from the base rate to `floor`: cosine
+    annealing with warm restarts (SGDR) of equal length, for snapshot ensembles (one checkpoint per cycle,
+    `callbacks.Snapshots`). The warm-up, if any, opens the first cycle only. One cycle is `Cosine`."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cycles: int, warmup: float, floor: float):
+        self.cycles = cycles
+        super().__init__(optimizer, warmup, floor)
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup:
+            return super().factor(progress)
+        cycle = min(cycles_completed(progress, self.cycles), self.cycles - 1)
+        start, end = max(cycle / self.cycles, self.warmup), (cycle + 1) / self.cycles
+        rest = min(max(progress - start, 0.0) / max(end - start, 1e-12), 1.0)
+        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+
+
+def check_schedule(cfg: Config) -> None:
+    """Refuse, before a run starts, a cosine_restarts warm-up longer than its first cycle."""
+    schedule = cfg.schedule
+    if schedule.name == "cosine_restarts" and schedule.warmup_epochs * schedule.cycles >= cfg.train.epochs:
+        raise ConfigError(f"bad value for 'schedule.warmup_epochs': {schedule.warmup_epochs:g} epochs of warm-up do "
+                          f"not fit in the first of schedule.cycles={schedule.cycles} cycles of "
+                          f"{cfg.train.epochs / schedule.cycles:g} epochs; use fewer warm-up epochs or fewer cycles")
+
+
 class Step(ProgressSchedule):
     """Multiply the learning rate by `factor` at each milestone (a share of training progress)."""
 
@@ -118,4 +155,6 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer) -> Schedule:
     if name == "onecycle" and warmup == 0:
         warmup = 0.3  # one-cycle's usual 30 % rise
     floor = min(cfg.schedule.min_lr / cfg.optim.lr, 1.0)
+    if name == "cosine_restarts":
+        return CosineRestarts(optimizer, cfg.schedule.cycles, min(warmup, 0.99), floor)
     return Cosine(optimizer, min(warmup, 0.99), floor)

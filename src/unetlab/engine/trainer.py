@@ -46,7 +46,7 @@ from unetlab.engine.distributed import (
     World, all_sum, barrier, broadcast_object, gather_objects, init_world, shutdown, world_from_env,
 )
 from unetlab.engine.rng import capture_rng, restore_rng
-from unetlab.engine.schedule import build_scheduler
+from unetlab.engine.schedule import build_scheduler, check_schedule
 from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, set_deterministic, train_step
 from unetlab.errors import ConfigError, UnetlabError
 from unetlab.losses import build_loss
@@ -233,6 +233,7 @@ class Trainer:
 
     def _set_up_runtime(self) -> None:
         cfg = self.cfg
+        check_schedule(cfg)
         seed_everything(cfg.seed)
         set_deterministic(cfg.train.deterministic)
         if cfg.train.num_threads:
@@ -487,11 +488,7 @@ class Trainer:
         The weights validated (averaged ones when averaging) are the ones saved for predict; last.pt
         goes first, so if the process dies before best.pt is written, resume rewrites it from last.pt.
         """
-        payload = {"model_state": self.evaluated.state_dict(), "config": self.cfg.to_dict(), "mean": self.mean,
-                   "std": self.std, "threshold": self.cfg.eval.threshold, "epoch": self.state.epoch,
-                   "class_names": self.task.class_names,
-                   "palette": [list(rgb) for rgb in self.task.palette] if self.task.palette else None,
-                   "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
+        payload = self.checkpoint_payload(row)
         self.run.save_checkpoint("last", {
             **payload, "optimizer_state": self.optimizer.state_dict(), "scheduler_state": self.scheduler.state_dict(),
             "train_model_state": self.model.state_dict(), "averaging_state": self.averaging.state_dict(),
@@ -500,6 +497,14 @@ class Trainer:
             "loss_class_weights": self.loss_weights or []})
         if self.improved:
             self.run.save_checkpoint("best", payload)
+
+    def checkpoint_payload(self, row: dict[str, float]) -> dict[str, Any]:
+        """What best.pt (and a snapshot) holds of the epoch just validated: its `BEST_KEYS`."""
+        return {"model_state": self.evaluated.state_dict(), "config": self.cfg.to_dict(), "mean": self.mean,
+                "std": self.std, "threshold": self.cfg.eval.threshold, "epoch": self.state.epoch,
+                "class_names": self.task.class_names,
+                "palette": [list(rgb) for rgb in self.task.palette] if self.task.palette else None,
+                "metrics": {k: v for k, v in row.items() if isinstance(v, float)}}
 
     def epoch_summary(self, row: dict[str, float]) -> str:
         """The epoch's one-line summary (the progress bar and the log print it)."""
