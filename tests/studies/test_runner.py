@@ -142,3 +142,25 @@ def test_max_cells_counts_only_cells_this_worker_ran(finished, tgs_dir, tmp_path
     status = run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1, max_cells=1, report=False)
     assert "[concat/seed-0] finished earlier: not trained again" in lines
     assert status["done"] == ["concat/seed-0", "add/seed-0"] and "this worker ran 1 cell(s); done 2, running 0, left 0" in lines
+
+
+def test_status_shows_a_cell_running_under_an_older_grid_of_the_folder(tmp_path):
+    """A worker started before unetlab gained config keys runs its cell under the old fingerprint; `--status`
+    of the new code counts that cell as running, not left (a stale claim without heartbeat as left)."""
+    from unetlab.studies.coordination import CellQueue, create_or_load, open_storage, study_name
+
+    out = tmp_path / "study"
+    out.mkdir()
+    two = write_tiny_study(tmp_path, {"concat": [], "add": ["model.name=unet-add"]}, seeds=[0], epochs=1)
+    spec = load_study(two)
+    storage = open_storage(StudyFolder(out).default_storage())
+    old = create_or_load(storage, study_name(spec.name, "0ld0ld0ld0ld0ld0"), spec.cells(),
+                         {"fingerprint": "0ld0ld0ld0ld0ld0", "folder": str(out.resolve())})
+    claimed = CellQueue(storage, old).claim()  # concat/seed-0, with a fresh heartbeat
+    assert claimed is not None
+    status = study_status(two, out)
+    assert status["running"] == ["concat/seed-0"] and status["left"] == ["add/seed-0"]
+    other = create_or_load(storage, study_name(spec.name, "e1se1se1se1se1se"), spec.cells(),
+                           {"fingerprint": "e1se1se1se1se1se", "folder": str((tmp_path / "elsewhere").resolve())})
+    CellQueue(storage, other).claim()  # a grid of another folder in the same storage does not count
+    assert study_status(two, out)["running"] == ["concat/seed-0"]

@@ -149,6 +149,24 @@ def other_grids(storage: optuna.storages.RDBStorage, name: str, fingerprint: str
     return found
 
 
+def running_in_other_grids(storage: optuna.storages.RDBStorage, name: str, fingerprint: str,
+                           folder: str) -> set[tuple[str, int]]:
+    """Cells of study `name` that a worker of another grid of the same study folder is running (a live
+    heartbeat): a worker started before unetlab gained config keys still runs under its old fingerprint."""
+    running: set[tuple[str, int]] = set()
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        stored, _, other = summary.study_name.rpartition("@")
+        if stored != name or other == fingerprint:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if study.user_attrs.get("folder") not in (None, folder):
+            continue
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+        running |= {cell for cell, state in cells_by_state(study).items() if state == TrialState.RUNNING}
+    return running
+
+
 def find_study(storage: optuna.storages.RDBStorage, name: str) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage)

@@ -41,7 +41,7 @@ from unetlab.evaluation import evaluate
 from unetlab.run_folder import RunFolder
 from unetlab.studies.coordination import (
     GRACE_BEATS, HEARTBEAT_S, CellQueue, Heartbeat, cell_of, cells_by_state, create_or_load, find_study,
-    open_storage, other_grids, requeue_lost_cells, study_name,
+    open_storage, other_grids, requeue_lost_cells, running_in_other_grids, study_name,
 )
 from unetlab.studies.folder import StudyFolder
 from unetlab.studies.sharing import adopt_twin, find_twin
@@ -312,15 +312,18 @@ def study_status(spec: StudySpec | str | Path, study_dir: str | Path | None = No
     fingerprint = spec.fingerprint()
     check_grid(spec, folder, fingerprint)
     states: dict[tuple[str, int], TrialState] = {}
+    elsewhere: set[tuple[str, int]] = set()  # running under an older grid of this folder
     url = storage or (folder.default_storage() if folder.db_path.is_file() else None)
     if url is not None:
-        study = find_study(open_storage(url), study_name(spec.name, fingerprint))
+        opened = open_storage(url)
+        study = find_study(opened, study_name(spec.name, fingerprint))
         states = cells_by_state(study) if study is not None else {}
+        elsewhere = running_in_other_grids(opened, spec.name, fingerprint, str(folder.path.resolve()))
     status: dict[str, list[str]] = {"done": [], "running": [], "left": []}
     for cell in spec.cells():
         state = states.get(cell)
         key = ("done" if folder.is_finished(*cell) or state == TrialState.COMPLETE
-               else "running" if state == TrialState.RUNNING else "left")
+               else "running" if state == TrialState.RUNNING or cell in elsewhere else "left")
         status[key].append(StudyFolder.label(*cell))
     return status
 
