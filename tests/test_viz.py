@@ -324,3 +324,28 @@ def test_save_multiclass_samples_writes_a_png_with_legend(tmp_path):
     with pytest.raises(ValueError, match="11"):  # ignore label not declared
         viz.save_multiclass_samples(tmp_path / "bad.png", images[2:], truths[2:], preds[2:], CAMVID_CLASSES)
     assert not (tmp_path / "bad.png").exists()
+
+
+def test_prediction_grid_shows_ignored_pixels_grey_not_background(tmp_path):
+    """A pet trimap's border is neither pet nor background: the truth panel paints it grey, the prediction
+    panel veils it in grey, and the figure is still drawn whole."""
+    from matplotlib.figure import Figure
+
+    image, truth, prediction = _grey(8, 8), _square(8, 2, 6), _square(8, 3, 7)
+    valid = np.ones((8, 8), bool)
+    valid[0, :] = False  # a border row: background in the mask, ignored in truth
+    row = viz._GridRow.of({"image": image, "truth": truth, "prediction": prediction, "valid": valid})
+    ax = Figure().add_subplot()
+    viz._grid_truth(ax, row, 100.0)
+    shown = np.asarray(ax.images[-1].get_array())
+    assert (shown[0] == viz.IGNORED_GREY).all()
+    assert (shown[2:6, 2:6] == 255).all() and (shown[7, 7] == 0).all()
+    ax = Figure().add_subplot()
+    viz._grid_prediction(ax, row, 100.0)
+    veil = np.asarray(ax.images[-1].get_array())  # the last layer: RGBA, opaque-ish only where ignored
+    assert veil.shape == (8, 8, 4) and (veil[0, :, 3] > 0.5).all() and (veil[1:, :, 3] == 0).all()
+    all_valid = viz._GridRow.of({"image": image, "truth": truth, "prediction": prediction,
+                                 "valid": np.ones((8, 8), bool)})
+    assert all_valid.ignored is None  # nothing ignored: no veil layer at all
+    _check_png(viz.save_prediction_grid(tmp_path / "g.png", [{"image": image, "truth": truth,
+                                                              "prediction": prediction, "valid": valid}]))

@@ -57,6 +57,7 @@ __all__ = [
 DPI = 100
 TRUTH_COLOR = "#2ca02c"  # green: ground truth contour
 PRED_COLOR = "#ff2828"  # red: predicted contour, matches overlay_boundary's default colour
+IGNORED_GREY = (128, 128, 128)  # binary figures: pixels under the ignore label (neither foreground nor background)
 _GRID_COLUMNS = ("image", "truth", "prediction", "probability")
 # history columns that are the x axis or bookkeeping, not metrics worth a panel
 _NOT_METRICS = {"epoch", "step", "global_step", "time", "wall_time", "timestamp"}
@@ -303,13 +304,16 @@ class _GridRow:
     truth: np.ndarray | None
     prediction: np.ndarray | None
     probability: np.ndarray | None  # as given; checked against the image when drawn
+    ignored: np.ndarray | None  # pixels outside the row's valid mask (the ignore label), or None
 
     @classmethod
     def of(cls, row: Mapping) -> _GridRow:
         img = _as_image(row["image"])
-        truth, pred = row.get("truth"), row.get("prediction")
+        truth, pred, valid = row.get("truth"), row.get("prediction"), row.get("valid")
+        ignored = None if valid is None else ~_as_mask(valid, img.shape, "valid")
         return cls(img, None if truth is None else _as_mask(truth, img.shape, "truth"),
-                   None if pred is None else _as_mask(pred, img.shape, "prediction"), row.get("probability"))
+                   None if pred is None else _as_mask(pred, img.shape, "prediction"), row.get("probability"),
+                   ignored if ignored is not None and ignored.any() else None)
 
 
 # One drawer per grid column. Each returns the colour-mapped image for the colour bar, or None.
@@ -320,8 +324,11 @@ def _grid_image(ax, row: _GridRow, cell_px: float):
 def _grid_truth(ax, row: _GridRow, cell_px: float):
     if row.truth is None:
         _blank(ax, "no ground truth")
-    else:
-        ax.imshow(row.truth, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        return
+    rgb = np.where(row.truth[..., None], 255, 0).repeat(3, axis=2).astype(np.uint8)
+    if row.ignored is not None:  # ignored pixels are neither salt nor background: grey, as in the error maps
+        rgb[row.ignored] = IGNORED_GREY
+    ax.imshow(rgb, interpolation="nearest")
 
 
 def _grid_prediction(ax, row: _GridRow, cell_px: float):
@@ -332,6 +339,8 @@ def _grid_prediction(ax, row: _GridRow, cell_px: float):
         _contour(ax, row.prediction, PRED_COLOR)
     if row.truth is not None:
         _contour(ax, row.truth, TRUTH_COLOR)
+    if row.ignored is not None:  # not scored: veiled in grey, whatever was predicted there
+        _tint(ax, row.ignored, "#808080", 0.7)  # IGNORED_GREY
     if row.prediction is None:
         ax.text(0.5, 0.03, "no prediction", ha="center", va="bottom", fontsize=7, color="yellow",
                 transform=ax.transAxes)
@@ -370,12 +379,15 @@ def save_prediction_grid(
     """The seeds' figure: one row per sample, columns image / ground truth / prediction side by side.
 
     Each row: ``{'image': arr, 'truth': bool mask or None, 'prediction': bool mask,
-    'probability': optional float map in [0, 1], 'label': optional str}``.
+    'probability': optional float map in [0, 1], 'valid': optional bool mask of the pixels that count,
+    'label': optional str}``.
 
     - image: grey images in 'gray' (0..255), RGB as is;
-    - truth: the ground-truth mask (white = salt); "no ground truth" when None;
+    - truth: the ground-truth mask (white = salt); "no ground truth" when None; pixels outside
+      ``valid`` (the ignore label, e.g. the Oxford Pet trimap's border) grey, not background;
     - prediction: the image with the predicted area tinted red, the predicted contour in red and
-      the truth contour in green, so misses and false alarms are visible at a glance;
+      the truth contour in green, so misses and false alarms are visible at a glance; pixels outside
+      ``valid`` veiled in grey;
     - probability: added automatically when any row has one ('viridis', fixed 0..1, colour bar on
       the first row that has a map).
 
@@ -962,8 +974,8 @@ def _variant_truth(ax, image: np.ndarray, truth: np.ndarray | None, palette: np.
 # Error maps: correct pixels black and white as in a binary truth column, the two kinds of error in a
 # colour-blind-safe pair (orange / blue), ignored pixels mid grey; label maps: correct white, wrong red.
 ERROR_COLORS = {"true negative": (0, 0, 0), "true positive": (255, 255, 255), "false positive": (255, 140, 0),
-                "false negative": (30, 144, 255), "ignored": (128, 128, 128)}
-LABEL_ERROR_COLORS = {"correct": (255, 255, 255), "wrong": (214, 39, 40), "ignored": (128, 128, 128)}
+                "false negative": (30, 144, 255), "ignored": IGNORED_GREY}
+LABEL_ERROR_COLORS = {"correct": (255, 255, 255), "wrong": (214, 39, 40), "ignored": IGNORED_GREY}
 _GALLERY_TITLES = ("image", "ground truth", "prediction", "errors")
 
 

@@ -168,3 +168,25 @@ def test_choose_is_refused_for_a_multiclass_run(tiny_run, tgs_dir, tmp_path):
     folder.save_checkpoint("best", payload)
     with pytest.raises(UnetlabError, match="--choose applies to binary runs .*this run is multiclass"):
         evaluate(folder.path, tgs_dir, choose=["max-f1"], log=lambda _: None)
+
+
+def test_figure_row_scores_only_the_pixels_that_count():
+    """The predictions figure's label: foreground share and IoU over valid pixels, by hand; the row carries
+    the valid mask so the figure greys the ignored ones."""
+    from unetlab.data.dataset import ArrayDataset
+    from unetlab.evaluation.evaluate import _row
+
+    truth = np.zeros((1, 4, 4), bool)
+    truth[0, :2, :2] = True  # 4 foreground pixels
+    valid = np.ones((1, 4, 4), bool)
+    valid[0, 3, :] = False  # 4 ignored pixels, where the prediction is wrong
+    prediction = truth[0].copy()
+    prediction[3, :] = True
+    prediction[0, 2] = True  # one counted false positive
+    data = ArrayDataset(ids=["a"], images=np.zeros((1, 4, 4), np.uint8), masks=truth, valid=valid)
+    row = _row(data, 0, prediction, prediction.astype(np.float32), "val")
+    assert "foreground 33%" in row["label"] and "IoU 0.80" in row["label"]  # 4 of 12; 4 / (4 + 1)
+    assert row["valid"] is valid[0]
+    plain = _row(ArrayDataset(ids=["a"], images=np.zeros((1, 4, 4), np.uint8), masks=truth), 0, prediction,
+                 prediction.astype(np.float32), "val")
+    assert plain["valid"] is None and "IoU 0.44" in plain["label"]  # 4 / 9 with every pixel counted

@@ -108,11 +108,16 @@ def _choose_indices(folder: RunFolder, dataset: ArrayDataset, split: str) -> tup
 
 
 def _row(dataset: ArrayDataset, index: int, pred: np.ndarray, prob: np.ndarray, group: str) -> dict:
+    """One row of the predictions figure; foreground share and IoU over the pixels that count (not ignored)."""
     truth = dataset.masks[index]
-    union = np.logical_or(truth, pred).sum()
-    iou = np.logical_and(truth, pred).sum() / union if union else 1.0
-    label = f"{group} {dataset.ids[index]}  foreground {truth.mean():.0%}  IoU {iou:.2f}"
-    return {"image": dataset.images[index], "truth": truth, "prediction": pred, "probability": prob, "label": label}
+    valid = None if dataset.valid is None else dataset.valid[index]
+    counted = np.ones(truth.shape, bool) if valid is None else valid
+    union = np.logical_or(truth, pred)[counted].sum()
+    iou = np.logical_and(truth, pred)[counted].sum() / union if union else 1.0
+    share = truth[counted].mean() if counted.any() else 0.0
+    label = f"{group} {dataset.ids[index]}  foreground {share:.0%}  IoU {iou:.2f}"
+    return {"image": dataset.images[index], "truth": truth, "prediction": pred, "probability": prob, "valid": valid,
+            "label": label}
 
 
 def figure_indices(indices: np.ndarray, dataset: ArrayDataset, count: int, seed: int) -> np.ndarray:
