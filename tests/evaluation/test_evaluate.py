@@ -186,7 +186,7 @@ def test_figure_row_scores_only_the_pixels_that_count():
     data = ArrayDataset(ids=["a"], images=np.zeros((1, 4, 4), np.uint8), masks=truth, valid=valid)
     row = _row(data, 0, prediction, prediction.astype(np.float32), "val")
     assert "foreground 33%" in row["label"] and "IoU 0.80" in row["label"]  # 4 of 12; 4 / (4 + 1)
-    assert row["valid"] is valid[0]
+    assert np.array_equal(row["valid"], valid[0])
     plain = _row(ArrayDataset(ids=["a"], images=np.zeros((1, 4, 4), np.uint8), masks=truth), 0, prediction,
                  prediction.astype(np.float32), "val")
     assert plain["valid"] is None and "IoU 0.44" in plain["label"]  # 4 / 9 with every pixel counted
