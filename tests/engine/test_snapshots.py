@@ -18,8 +18,8 @@ import torch
 from run_fixtures import TINY, run_cli, tiny_config
 from unetlab.data.formats.registry import load_for_config
 from unetlab.engine.callbacks import Callback
-from unetlab.engine.checkpoint import FORMAT
-from unetlab.engine.trainer import BEST_KEYS, resume, train
+from unetlab.engine.checkpoint import BEST_KEYS, FORMAT
+from unetlab.engine.trainer import resume, train
 from unetlab.inference.ensemble import load_predictor
 from unetlab.inference.predictor import Predictor
 

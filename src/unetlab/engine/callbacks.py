@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
+from unetlab.engine.checkpoint import best_part
 from unetlab.engine.distributed import all_sum
 from unetlab.engine.schedule import cycles_completed
 from unetlab.errors import UnetlabError
@@ -267,15 +268,13 @@ class Snapshots(Callback):
             self.saved = done
 
     def on_fit_end(self, trainer: "Trainer", result: "TrainResult | None") -> None:
-        from unetlab.engine.trainer import BEST_KEYS
-
         run, epoch = trainer.run, trainer.state.epoch
         if result is None or self.saved == self.cycles or not run.has_checkpoint("last"):
             return
         if self.saved and run.load_checkpoint(snapshot_name(self.saved)).get("epoch") == epoch:
             return  # the run stopped right at a cycle's end: that snapshot is already its end
         last = run.load_checkpoint("last")
-        path = run.save_checkpoint(snapshot_name(self.saved + 1), {k: last[k] for k in BEST_KEYS if k in last})
+        path = run.save_checkpoint(snapshot_name(self.saved + 1), best_part(last))
         trainer.log(f"stopped inside cycle {self.saved + 1} of {self.cycles}: saved its end (last.pt) as {path}")
 
 

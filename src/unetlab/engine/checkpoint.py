@@ -17,6 +17,14 @@ from unetlab.errors import UnetlabError
 from unetlab.files import atomic_path
 from unetlab.models.weights import load_weights_only
 
+#: What best.pt (and a snapshot) holds: the validated weights and what predicting needs; last.pt holds these too.
+BEST_KEYS = ("model_state", "config", "mean", "std", "threshold", "epoch", "class_names", "palette", "metrics")
+
+
+def best_part(last: dict[str, Any]) -> dict[str, Any]:
+    """best.pt's content out of a last.pt checkpoint."""
+    return {key: last[key] for key in BEST_KEYS if key in last}
+
 FORMAT = "unetlab-checkpoint-v1"
 
 

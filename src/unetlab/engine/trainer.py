@@ -45,6 +45,7 @@ from unetlab.engine.device import autocast, resolve_device
 from unetlab.engine.distributed import (
     World, all_sum, barrier, broadcast_object, gather_objects, init_world, shutdown, world_from_env,
 )
+from unetlab.engine.checkpoint import best_part
 from unetlab.engine.rng import capture_rng, restore_rng
 from unetlab.engine.schedule import build_scheduler, check_schedule
 from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, set_deterministic, train_step
@@ -55,8 +56,6 @@ from unetlab.run_folder import RunFolder
 from unetlab.tasks import build_task
 from unetlab.viz import colorize_labels, label_palette
 
-#: What best.pt keeps of an epoch's payload (last.pt adds the state to resume from).
-BEST_KEYS = ("model_state", "config", "mean", "std", "threshold", "epoch", "class_names", "palette", "metrics")
 #: `--set` keys a resumed run may change: they extend it without making it another experiment.
 RESUMABLE_OVERRIDES = ("train.epochs", "train.max_minutes", "train.early_stop_patience", "train.num_threads")
 
@@ -357,7 +356,7 @@ class Trainer:
             return
         current = self.run.load_checkpoint("best") if self.run.has_checkpoint("best") else None
         if current is None or current.get("epoch") != self.state.epoch:
-            self.run.save_checkpoint("best", {k: last[k] for k in BEST_KEYS if k in last})
+            self.run.save_checkpoint("best", best_part(last))
 
     # ------------------------------------------------------------------ the loop
 
@@ -499,7 +498,7 @@ class Trainer:
             self.run.save_checkpoint("best", payload)
 
     def checkpoint_payload(self, row: dict[str, float]) -> dict[str, Any]:
-        """What best.pt (and a snapshot) holds of the epoch just validated: its `BEST_KEYS`."""
+        """What best.pt (and a snapshot) holds of the epoch just validated: its `checkpoint.BEST_KEYS`."""
         return {"model_state": self.evaluated.state_dict(), "config": self.cfg.to_dict(), "mean": self.mean,
                 "std": self.std, "threshold": self.cfg.eval.threshold, "epoch": self.state.epoch,
                 "class_names": self.task.class_names,
