@@ -66,7 +66,7 @@ import torch
 import torch.nn as nn
 
 from unetlab.config import Config
-from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, train_step
+from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, train_step, training_loss
 from unetlab.errors import ConfigError, UnetlabError
 from unetlab.files import atomic_write_text
 from unetlab.engine.device import autocast, resolve_device
@@ -319,8 +319,7 @@ def _naive_step(p: _StepParts) -> Callable[[], float]:
             batch = next(batches)
         x, y = batch[0].to(p.dev), batch[1].to(p.dev)
         valid = batch[2].to(p.dev) if len(batch) > 2 else None
-        logits = p.model(x)
-        loss = p.loss_fn(logits, y, 0.0, valid)
+        loss = training_loss(p.model, p.loss_fn, p.model(x), y, 0.0, valid)
         p.optimizer.zero_grad()
         loss.backward()
         if p.clip is not None:

@@ -40,7 +40,7 @@ import torch.nn as nn
 
 from unetlab.config import Config
 from unetlab.engine.device import autocast
-from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything
+from unetlab.engine.step import build_optimizer, prepare_batch, seed_everything, training_loss
 from unetlab.errors import ConfigError
 from unetlab.files import atomic_write_text
 from unetlab.losses import build_loss
@@ -291,9 +291,9 @@ def _phases(step: _Step, clock: Callable[[str], None]) -> None:
                                 [0.5] * channels, [0.25] * channels, step.fmt)
     clock("augmentation")
     with autocast(x.device, step.precision):
-        logits = step.model(x)
+        outputs = step.model(x)
     clock("forward")
-    loss = step.loss_fn(logits, y, 0.0, valid)
+    loss = training_loss(step.model, step.loss_fn, outputs, y, 0.0, valid)
     clock("loss")
     step.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from unetlab.engine.step import training_loss
 from unetlab.errors import ConfigError
 from unetlab.models import UNet, create_model, list_models, register_variant, variant_of
 from unetlab.models.blocks import SCSE, ConvBlock, ResidualBlock, StridedDown, group_norm
@@ -270,7 +271,7 @@ def test_factory_signature_equals_the_class():
         [(p.name, p.default, p.kind) for p in cls.values()]
     assert list(factory) == ["in_channels", "classes", "base_width", "depth", "width_multiplier", "downsample",
                              "strided_kernel", "skip", "upsample", "block", "norm", "dropout", "dropout_at",
-                             "scse", "stem"]
+                             "scse", "stem", "image_head", "image_head_weight"]
 
 
 # ----------------------------------------------------------------------------- every variant
@@ -317,18 +318,21 @@ def settle(model: nn.Module) -> nn.Module:
 @pytest.mark.parametrize("options", list(CASES.values()), ids=list(CASES))
 class TestVariant:
     def test_output_shape_for_any_size(self, options):
-        model = build(options, in_channels=2, classes=3).eval()
+        classes = 1 if options.get("image_head") else 3  # the image head is for binary models only
+        model = build(options, in_channels=2, classes=classes).eval()
         for size in [(101, 101), (37, 53), (64, 64)]:
             with torch.no_grad():
                 out = model(torch.randn(2, 2, *size))
-            assert out.shape == (2, 3, *size)
+            assert out.shape == (2, classes, *size)
             assert torch.isfinite(out).all()
 
     def test_every_parameter_gets_a_finite_gradient(self, options):
         model = build(options).train()
         x = torch.randn(2, 1, 101, 75)
         target = (torch.rand(2, 1, 101, 75) > 0.5).float()
-        F.binary_cross_entropy_with_logits(model(x), target).backward()
+        # the training step's loss: with image_head, the model's auxiliary loss trains the head too
+        training_loss(model, lambda logits, masks, *_: F.binary_cross_entropy_with_logits(logits, masks), model(x),
+                      target).backward()
         for name, param in model.named_parameters():
             assert param.grad is not None, f"{name} is unused"
             assert torch.isfinite(param.grad).all(), name
@@ -579,6 +583,7 @@ CHOICES = {
     "norm": ["batch", "group", "instance", "none"],
     "dropout_at": ["bottleneck", "decoder", "encoder", "all"],
     "stem": ["full", "space_to_depth"],
+    "image_head": [False, True],
 }
 
 

@@ -7,6 +7,7 @@ inputs); each test is about a property every member of the family must have.
 import pytest
 import torch
 
+from unetlab.engine.step import training_loss
 from unetlab.models import create_model, list_models, variant_of
 
 # The smallest honest version of each base architecture; options not named keep the model's defaults.
@@ -26,6 +27,12 @@ def _small(name: str) -> dict:
 MEMBERS = {name: (name, _small(name)) for name in list_models()}
 
 
+def _classes(member: str, wanted: int) -> int:
+    """`wanted`, or 1 for a binary-only member (a U-Net with the image-level head)."""
+    variant = variant_of(member)
+    return 1 if variant and variant[1].get("image_head") else wanted
+
+
 def test_every_registered_model_is_covered():
     assert set(SMALL) == set(list_models(variants=False)), "add the new model to SMALL with cheap options"
     assert {"unet-strided3", "unet-add", "unet-noskip", "unet-scse", "fcn-small", "fcn-dilated"} <= set(MEMBERS)
@@ -41,9 +48,10 @@ def _build(member, in_channels=1, classes=1):
 class TestModelFamily:
     @pytest.mark.parametrize("size", [(37, 53), (64, 64), (101, 101)])
     def test_output_shape_any_size(self, member, size):
-        model = _build(member, in_channels=3, classes=2).eval()
+        classes = _classes(member, 2)
+        model = _build(member, in_channels=3, classes=classes).eval()
         with torch.no_grad():
-            assert model(torch.randn(2, 3, *size)).shape == (2, 2, *size)
+            assert model(torch.randn(2, 3, *size)).shape == (2, classes, *size)
 
     def test_random_sizes(self, member):
         """Any input size works: sizes drawn at random (seeded per member, so failures reproduce)."""
@@ -56,7 +64,9 @@ class TestModelFamily:
 
     def test_every_parameter_gets_a_finite_gradient(self, member):
         model = _build(member).train()
-        model(torch.randn(2, 1, 40, 44)).square().mean().backward()
+        masks = (torch.rand(2, 1, 40, 44) > 0.5).float()  # for an auxiliary loss (the image head's)
+        training_loss(model, lambda logits, *_: logits.square().mean(), model(torch.randn(2, 1, 40, 44)),
+                      masks).backward()
         for name, param in model.named_parameters():
             assert param.grad is not None, f"{name} is unused"
             assert torch.isfinite(param.grad).all(), name

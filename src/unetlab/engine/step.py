@@ -74,14 +74,30 @@ def prepare_batch(images: torch.Tensor, masks: torch.Tensor, valid: torch.Tensor
     return normalize(images, mean, std).contiguous(memory_format=memory_format), masks, valid
 
 
+def unwrapped(model: nn.Module) -> nn.Module:
+    """The model under the torch.compile and DistributedDataParallel wrappers the trainer may add."""
+    model = getattr(model, "_orig_mod", model)  # torch.compile's OptimizedModule
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def training_loss(model: nn.Module, loss_fn: "LossFn", outputs: torch.Tensor | tuple, masks: torch.Tensor,
+                  progress: float = 0.0, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """The loss of a training-mode forward pass: `loss_fn` on the pixel logits, plus the model's
+    `auxiliary_loss` when it returned `(logits, auxiliary outputs)` (UNet's image_head)."""
+    if not isinstance(outputs, tuple):
+        return loss_fn(outputs, masks, progress, valid)
+    logits, aux = outputs
+    return loss_fn(logits, masks, progress, valid) + unwrapped(model).auxiliary_loss(aux, masks, valid)
+
+
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: "LossFn", images: torch.Tensor,
                masks: torch.Tensor, precision: str, progress: float = 0.0,
                valid: torch.Tensor | None = None, clip_norm: float | None = None,
                scaler: torch.amp.GradScaler | None = None) -> torch.Tensor:
     """One optimisation step; returns the detached loss without synchronising with the device."""
     with autocast(images.device, precision):
-        logits = model(images)
-    loss = loss_fn(logits, masks, progress, valid)
+        outputs = model(images)
+    loss = training_loss(model, loss_fn, outputs, masks, progress, valid)
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:  # fp16: scale the loss so small gradients survive, unscale before clipping
         scaler.scale(loss).backward()

@@ -144,7 +144,9 @@ def receptive_field(model: nn.Module, in_channels: int, size: int | None = None,
     the returned value (the probe side), the field of a pixel at the centre of that probe size.
     Layers that pool over the whole image make the field global, and it is reported as clipped at
     `max_size`: group and instance norm (their statistics are taken over the image in eval mode
-    too), scSE's channel gate (global average pooling).
+    too), scSE's channel gate (global average pooling). So is a model with `whole_image_gate` (the U-Net's
+    image_head), whose hard empty/not-empty verdict on the whole image has no gradient to probe: it is
+    reported as `(size or max_size, True)` without probing.
 
     size: probe side. None (default): start at `min_size` and double while clipped, up to
     `max_size` (512: enough for the 4-level U-Net's 188 px; a global field costs float64 forward
@@ -156,6 +158,8 @@ def receptive_field(model: nn.Module, in_channels: int, size: int | None = None,
     """
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
+    if getattr(model, "whole_image_gate", False):
+        return (size if size is not None else max_size), True
     device, _ = _param_like(model)
     probe = copy.deepcopy(model).to(dtype=torch.float64).eval()
     for parameter in probe.parameters():

@@ -107,6 +107,13 @@ DROPOUT_AT: dict[str, tuple[Callable[[int, int], bool], bool]] = {
 STEMS: dict[str, int] = {"full": 1, "space_to_depth": 2}
 
 
+#: The pixel logit of an image the image-level head calls empty: exact in bf16 and fp16, and its sigmoid is 0
+#: (fp32, bf16, fp16). Not larger: validation computes the loss on these gated logits, and a salt pixel under
+#: a wrong "empty" verdict costs about this much BCE; -1e4 made a tiny run's first val/loss thousands of
+#: times its first loss, which the divergence guard stops.
+EMPTY_IMAGE_LOGIT = -100.0
+
+
 def _positive_int(option: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{option} must be a positive integer; got {value!r}")
@@ -144,6 +151,18 @@ class UNet(nn.Module):
     2x2 pixel blocks become 4x the input channels, pixel-unshuffle, so every level runs at half the
     resolution; the head predicts 4 logits per class and pixel-shuffles them back to full resolution).
 
+    `image_head` (binary models only, `classes` 1): an image-level classifier on the bottleneck (global
+    average pool, one linear layer, module `image_head`) predicts one logit "this image has foreground".
+    In training mode `forward` then returns `(pixel_logits, {"image": image_logits (N, 1)})` and
+    `auxiliary_loss` gives its loss, `image_head_weight` * BCE against "any valid foreground pixel", which
+    the training step adds to the pixel loss. In eval mode `forward` returns pixel logits only, gated hard
+    at 0.5: an image whose image logit is < 0 gets `EMPTY_IMAGE_LOGIT` (-100, probability 0) at every
+    pixel, so an empty verdict empties the mask at any threshold; otherwise the logits are unchanged. The
+    gate is per call: tiled inference gives every tile its own verdict. Validation sees the gated logits
+    too, so val/loss charges a wrong "empty" verdict about 100 per salt pixel: monitor a metric
+    (train.monitor=val/tgs_map, monitor_mode=max) rather than val/loss. Without `image_head` nothing is
+    computed and `image_head_weight` is unused.
+
     Every option is validated here; a bad value raises ValueError naming the option and the allowed
     values. With the defaults, module names and state-dict keys are the seed's
     (`encoder.{i}.{0,1,3,4}`, `bottleneck`, `upsample.{i}`, `decoder.{i}`, `attention.{i}`, `head`).
@@ -160,7 +179,9 @@ class UNet(nn.Module):
                  dropout: float = 0.0,
                  dropout_at: Literal["bottleneck", "decoder", "encoder", "all"] = "all",
                  scse: bool = False,
-                 stem: Literal["full", "space_to_depth"] = "full"):
+                 stem: Literal["full", "space_to_depth"] = "full",
+                 image_head: bool = False,
+                 image_head_weight: float = 0.2):
         super().__init__()
         in_channels = _positive_int("in_channels", in_channels)
         classes = _positive_int("classes", classes)
@@ -184,6 +205,7 @@ class UNet(nn.Module):
         choose("norm", norm, NORMS)
         drop_after_level, drop_in_decoder = choose("dropout_at", dropout_at, DROPOUT_AT)
         self.stem_factor = choose("stem", stem, STEMS)
+        _check_image_head(image_head, image_head_weight, classes)
 
         self.depth = depth
         self.widths = widths
@@ -191,7 +213,8 @@ class UNet(nn.Module):
             "in_channels": in_channels, "classes": classes, "base_width": base_width, "depth": depth,
             "width_multiplier": width_multiplier, "downsample": downsample, "strided_kernel": strided_kernel,
             "skip": skip, "upsample": upsample, "block": block, "norm": norm, "dropout": dropout,
-            "dropout_at": dropout_at, "scse": scse, "stem": stem,
+            "dropout_at": dropout_at, "scse": scse, "stem": stem, "image_head": image_head,
+            "image_head_weight": image_head_weight,
         }
         self.merge = merge
 
@@ -219,8 +242,13 @@ class UNet(nn.Module):
             self.attention.append(SCSE(width) if scse else nn.Identity())
             self.decoder_dropout.append(drop(drop_in_decoder))
         self.head = nn.Conv2d(widths[0], classes * self.stem_factor**2, 1)
+        # Registered after `head` and only when asked for: the default model keeps the seed's state-dict keys.
+        self.image_head: nn.Module | None = None
+        if image_head:
+            self.image_head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(widths[-1], 1))
+        self.image_head_weight = float(image_head_weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, (height, width) = pad_to_multiple(x, 2**self.depth * self.stem_factor)
         if self.stem_factor > 1:
             x = F.pixel_unshuffle(x, self.stem_factor)
@@ -230,13 +258,45 @@ class UNet(nn.Module):
             skips.append(x)
             x = drop(down(x))
         x = self.bottleneck(x)
+        image_logits = self.image_head(x) if self.image_head is not None else None
         for up, block, attention, drop, skip in zip(self.upsample, self.decoder, self.attention,
                                                     self.decoder_dropout, reversed(skips)):
             x = drop(attention(block(self.merge(up(x), skip))))
         x = self.head(x)
         if self.stem_factor > 1:
             x = F.pixel_shuffle(x, self.stem_factor)
-        return x[..., :height, :width]
+        x = x[..., :height, :width]
+        if image_logits is None:
+            return x
+        if self.training:
+            return x, {"image": image_logits}
+        return x.masked_fill(image_logits.view(-1, 1, 1, 1) < 0, EMPTY_IMAGE_LOGIT)
+
+    @property
+    def whole_image_gate(self) -> bool:
+        """Whether every output pixel depends on the whole image through a hard verdict (no gradient shows it)."""
+        return self.image_head is not None
+
+    def auxiliary_loss(self, aux: dict[str, torch.Tensor], masks: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
+        """`image_head_weight` * BCE of the image logits against "the image has a foreground pixel among its
+        valid ones" (float32, mean over the batch); `aux` is what `forward` returned beside the pixel logits."""
+        foreground = masks > 0.5
+        if valid is not None:
+            foreground = foreground & valid.reshape(masks.shape).bool()
+        target = foreground.flatten(1).any(dim=1, keepdim=True).float()
+        bce = F.binary_cross_entropy_with_logits(aux["image"].float(), target)
+        return self.image_head_weight * bce
+
+
+def _check_image_head(image_head: object, weight: object, classes: int) -> None:
+    if not isinstance(image_head, bool):
+        raise ValueError(f"image_head must be true or false; got {image_head!r}")
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not 0 < weight < float("inf"):
+        raise ValueError(f"image_head_weight must be a number > 0; got {weight!r}")
+    if image_head and classes != 1:
+        raise ValueError(f"image_head needs a binary model (classes 1); got classes={classes}: "
+                         "set model.image_head=false or model.classes=1")
 
 
 # The class is its own factory: one signature, so the registry's option check reads the class's.
@@ -258,3 +318,4 @@ register_variant("unet-instancenorm", base="unet", norm="instance")
 register_variant("unet-nonorm", base="unet", norm="none")
 register_variant("unet-scse", base="unet", scse=True)
 register_variant("unet-s2d", base="unet", stem="space_to_depth")
+register_variant("unet-imagehead", base="unet", image_head=True)
