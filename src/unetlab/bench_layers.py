@@ -26,6 +26,7 @@ per-layer choice can be read off one run.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import statistics
@@ -323,6 +324,7 @@ def profile_step(step: _Step, steps: int) -> list[dict]:
     """Self time per (operator kind, level) over `steps` profiled steps, as a share of their total self time."""
     from torch.profiler import ProfilerActivity, profile
 
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")  # torch's profiler otherwise prints its stages on stderr
     _phases(step, lambda phase: None)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for _ in range(steps):
