@@ -90,3 +90,19 @@ def multiclass_config(*overrides: str) -> Config:
     return tiny_config("task=multiclass", "model.classes=3", "data.format=folders",
                        "data.options={num_classes: 3, ignore_index: 255}", "data.cache=false",
                        "train.monitor=val/miou", "train.monitor_mode=max", *overrides)
+
+
+def schedule_lrs(overrides: list[str], progress_points) -> list[float]:
+    """The learning rate the config's schedule sets at each training progress in turn (one SGD parameter)."""
+    import torch
+
+    from unetlab.engine.schedule import build_scheduler
+
+    cfg = load_config(None, overrides)
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
+    schedule = build_scheduler(cfg, optimizer)
+    out = []
+    for progress in progress_points:
+        schedule.step(progress)
+        out.append(optimizer.param_groups[0]["lr"])
+    return out

@@ -3,9 +3,8 @@ import pickle
 import pytest
 import torch
 
-from unetlab.config import load_config
+from run_fixtures import schedule_lrs
 from unetlab.engine.checkpoint import load_checkpoint, save_checkpoint
-from unetlab.engine.schedule import build_scheduler
 from unetlab.errors import UnetlabError
 from unetlab.run_folder import RunFolder
 
@@ -46,25 +45,14 @@ def test_resolve_checkpoint(tmp_path):
         RunFolder.resolve_checkpoint(tmp_path / "nope")
 
 
-def _lrs(overrides, progress_points):
-    cfg = load_config(None, overrides)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    schedule = build_scheduler(cfg, optimizer)
-    out = []
-    for p in progress_points:
-        schedule.step(p)
-        out.append(optimizer.param_groups[0]["lr"])
-    return out
-
-
 def test_cosine_with_warmup_follows_progress():
-    lrs = _lrs(["schedule.name=cosine", "optim.lr=1.0", "schedule.min_lr=0", "train.epochs=10",
+    lrs = schedule_lrs(["schedule.name=cosine", "optim.lr=1.0", "schedule.min_lr=0", "train.epochs=10",
                 "schedule.warmup_epochs=1"], [0.0, 0.05, 0.1, 0.55, 1.0])
     assert lrs == pytest.approx([0.0, 0.5, 1.0, 0.5, 0.0], abs=1e-9)
 
 
 def test_onecycle_rises_then_anneals_to_floor():
-    lrs = _lrs(["schedule.name=onecycle", "optim.lr=1.0", "schedule.min_lr=0.01"], [0.0, 0.3, 0.65, 1.0])
+    lrs = schedule_lrs(["schedule.name=onecycle", "optim.lr=1.0", "schedule.min_lr=0.01"], [0.0, 0.3, 0.65, 1.0])
     assert lrs[0] == pytest.approx(0.01) and lrs[1] == pytest.approx(1.0)
     assert lrs[2] == pytest.approx(0.505) and lrs[3] == pytest.approx(0.01)
 

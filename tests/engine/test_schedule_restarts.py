@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from run_fixtures import assert_one_line_error, run_cli, tiny_config
+from run_fixtures import assert_one_line_error, run_cli, schedule_lrs, tiny_config
 from unetlab.config import load_config
 from unetlab.engine.schedule import CosineRestarts, build_scheduler, cycles_completed
 from unetlab.engine.trainer import train
@@ -15,27 +15,16 @@ from unetlab.errors import ConfigError
 RESTARTS = ["schedule.name=cosine_restarts", "optim.lr=1.0", "schedule.min_lr=0.1", "train.epochs=12"]
 
 
-def _lrs(overrides: list[str], progress_points) -> list[float]:
-    cfg = load_config(None, overrides)
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    schedule = build_scheduler(cfg, optimizer)
-    out = []
-    for p in progress_points:
-        schedule.step(p)
-        out.append(optimizer.param_groups[0]["lr"])
-    return out
-
-
 def test_two_cycles_fall_from_lr_to_min_lr_and_restart_at_half():
     points = [0.0, 0.25, 0.5 - 1e-7, 0.5, 0.75, 1.0]
-    lrs = _lrs([*RESTARTS, "schedule.cycles=2"], points)
+    lrs = schedule_lrs([*RESTARTS, "schedule.cycles=2"], points)
     # cycle start = lr, mid-cycle = (lr + min_lr) / 2, cycle end = min_lr; the second cycle restarts at lr
     assert lrs == pytest.approx([1.0, 0.55, 0.1, 1.0, 0.55, 0.1], abs=1e-6)
 
 
 def test_three_cycles_restart_at_each_third_despite_rounding():
     points = [1 / 6, 1 / 3 - 1e-7, 1 / 3, 0.5, 2 / 3 - 1e-7, 2 / 3, 5 / 6, 1.0]
-    lrs = _lrs([*RESTARTS, "schedule.cycles=3"], points)
+    lrs = schedule_lrs([*RESTARTS, "schedule.cycles=3"], points)
     assert lrs == pytest.approx([0.55, 0.1, 1.0, 0.55, 0.1, 1.0, 0.55, 0.1], abs=1e-6)
 
 
@@ -43,7 +32,7 @@ def test_warm_up_opens_the_first_cycle_only():
     # 12 epochs, 1.2 of warm-up: the first 10 % rise from min_lr, then cycle 1 falls over [0.1, 0.5];
     # cycle 2 starts at lr at once.
     points = [0.0, 0.05, 0.1, 0.3, 0.5, 0.75, 1.0]
-    lrs = _lrs([*RESTARTS, "schedule.cycles=2", "schedule.warmup_epochs=1.2"], points)
+    lrs = schedule_lrs([*RESTARTS, "schedule.cycles=2", "schedule.warmup_epochs=1.2"], points)
     assert lrs == pytest.approx([0.1, 0.55, 1.0, 0.55, 1.0, 0.55, 0.1], abs=1e-9)
 
 
@@ -51,8 +40,8 @@ def test_warm_up_opens_the_first_cycle_only():
 def test_one_cycle_is_cosine_exactly(warmup):
     points = [*np.linspace(0.0, 1.0, 97).tolist(), 0.125, 1 / 3]
     common = ["optim.lr=0.03", "schedule.min_lr=1e-4", "train.epochs=12", f"schedule.warmup_epochs={warmup}"]
-    restarts = _lrs([*common, "schedule.name=cosine_restarts", "schedule.cycles=1"], points)
-    assert restarts == _lrs([*common, "schedule.name=cosine"], points)  # bit for bit, not approximately
+    restarts = schedule_lrs([*common, "schedule.name=cosine_restarts", "schedule.cycles=1"], points)
+    assert restarts == schedule_lrs([*common, "schedule.name=cosine"], points)  # bit for bit, not approximately
 
 
 def test_state_round_trip_keeps_the_cycle():

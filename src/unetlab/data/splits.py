@@ -61,6 +61,16 @@ def save_split(path: str | Path, ids: list[str], train_idx: np.ndarray, val_idx:
     return atomic_write_text(path, json.dumps(payload, indent=1))
 
 
+def read_split_ids(path: str | Path) -> tuple[list[str], list[str]] | None:
+    """A saved split's (train ids, val ids), each sorted; None when the file is missing or not a split file
+    (for comparing runs' splits, where no split is an answer rather than an error)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        return sorted(payload["train"]), sorted(payload["val"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_split(path: str | Path, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Map a saved split onto `ids`; every id in the file must be present."""
     path = Path(path)

@@ -92,7 +92,10 @@ class Cosine(ProgressSchedule):
     def factor(self, progress: float) -> float:
         if progress < self.warmup:
             return self.floor + (1.0 - self.floor) * progress / self.warmup
-        rest = min((progress - self.warmup) / max(1.0 - self.warmup, 1e-12), 1.0)
+        return self.fall(min((progress - self.warmup) / max(1.0 - self.warmup, 1e-12), 1.0))
+
+    def fall(self, rest: float) -> float:
+        """The cosine from 1 to `floor` as `rest` goes from 0 to 1."""
         return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
 
 
@@ -119,8 +122,7 @@ class CosineRestarts(Cosine):
             return super().factor(progress)
         cycle = min(cycles_completed(progress, self.cycles), self.cycles - 1)
         start, end = max(cycle / self.cycles, self.warmup), (cycle + 1) / self.cycles
-        rest = min(max(progress - start, 0.0) / max(end - start, 1e-12), 1.0)
-        return self.floor + (1.0 - self.floor) * 0.5 * (1.0 + math.cos(math.pi * rest))
+        return self.fall(min(max(progress - start, 0.0) / max(end - start, 1e-12), 1.0))
 
 
 def check_schedule(cfg: Config) -> None:

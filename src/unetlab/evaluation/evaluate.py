@@ -34,7 +34,7 @@ import torch
 
 from unetlab.data.formats.registry import load_for_config
 from unetlab.data.dataset import ArrayDataset
-from unetlab.data.splits import load_split
+from unetlab.data.splits import load_split, read_split_ids
 from unetlab.errors import UnetlabError
 from unetlab.evaluation.diagnostics import binary_diagnostics, check_worst, multiclass_diagnostics, report_section
 from unetlab.evaluation.operating_points import (AREAS, OperatingPoint, OperatingPointSearch, parse_criteria,
@@ -341,10 +341,8 @@ def _ensemble_fields(predictor: Predictor | EnsemblePredictor) -> dict:
 
 
 def _validation_ids(checkpoint: Path) -> frozenset[str] | None:
-    try:
-        return frozenset(json.loads(RunFolder.of(checkpoint).split_path.read_text())["val"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # no (readable) split: nothing says which images the run was validated on
+    ids = read_split_ids(RunFolder.of(checkpoint).split_path)
+    return None if ids is None else frozenset(ids[1])  # None: nothing says which images the run was validated on
 
 
 def _check_shared_validation(ensemble: EnsemblePredictor, option: str) -> None:

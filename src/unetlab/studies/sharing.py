@@ -25,19 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from unetlab.config import Config
+from unetlab.data.splits import read_split_ids
 from unetlab.errors import UnetlabError
 from unetlab.files import TEMP_SUFFIX, atomic_write_text, is_temporary
 from unetlab.run_folder import RunFolder
 from unetlab.studies.folder import CELL_EVALUATION, SHARED_FROM, StudyFolder
 from unetlab.studies.spec import cell_identity
-
-
-def _split_ids(path: Path) -> tuple[list[str], list[str]] | None:
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        return sorted(payload["train"]), sorted(payload["val"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def _resolved(root: Any) -> Path | None:
@@ -54,14 +47,14 @@ def _same_experiment(run: RunFolder, config: Config, data_root: str | Path) -> b
 
 def find_twin(folder: StudyFolder, config: Config, data_root: str | Path) -> RunFolder | None:
     """A finished cell of another study in `folder`'s parent that ran exactly this cell's experiment."""
-    split = _split_ids(folder.split_path)
+    split = read_split_ids(folder.split_path)
     if split is None or not folder.path.parent.is_dir():
         return None
     here = folder.path.resolve()
     for other in sorted(folder.path.parent.iterdir()):
         if other.resolve() == here or not (other / StudyFolder.SPEC).is_file():
             continue
-        if _split_ids(other / StudyFolder.SPLIT) != split:
+        if read_split_ids(other / StudyFolder.SPLIT) != split:
             continue
         pattern = f"{StudyFolder.CELLS}/*/seed-*/{RunFolder.EVALUATION}/{CELL_EVALUATION}.json"
         for evaluation in sorted(other.glob(pattern)):
