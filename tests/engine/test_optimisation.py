@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from run_fixtures import tiny_config
+from run_fixtures import TINY, schedule_lrs, tiny_config
+from unetlab.engine.callbacks import Callback
 from unetlab.engine.averaging import EMA, SWA, build_averaging
 from unetlab.engine.checkpoint import load_checkpoint
 from unetlab.engine.schedule import build_scheduler
@@ -159,6 +160,28 @@ def test_training_with_averaging_saves_the_validated_weights(tgs_dir, tmp_path, 
     model = create_model(cfg.model.name, **cfg.model.options())
     model.load_state_dict(last["model_state"])
     assert all(math.isfinite(row["val/loss"]) for row in result.history)
+
+
+def test_each_step_rate_follows_the_steps_done(tgs_dir, tmp_path):
+    """After step k of N the rate is the schedule's at progress k/N, so training ends on the floor."""
+    overrides = ["schedule.name=onecycle", "schedule.min_lr=0.0001", "optim.lr=0.01", "train.max_minutes=null"]
+
+    class Rates(Callback):
+        def __init__(self):
+            self.seen: list[float] = []
+
+        def on_step_end(self, trainer, step, loss):
+            self.seen.append(trainer.optimizer.param_groups[0]["lr"])
+
+    rates = Rates()
+    cfg = tiny_config(*overrides)
+    result = train(cfg, data_root=tgs_dir, run_dir=tmp_path / "run", progress=False, log=lambda _: None,
+                   callbacks=[rates])
+    total = result.history[-1]["step"]
+    assert len(rates.seen) == total
+    expected = schedule_lrs([*TINY, *overrides], [(k + 1) / total for k in range(total)])
+    assert rates.seen == pytest.approx(expected)
+    assert rates.seen[-1] == pytest.approx(0.0001)
 
 
 def test_tensorboard_gets_step_scalars_images_and_config(tgs_dir, tmp_path):

@@ -74,10 +74,9 @@ def test_a_snapshot_at_the_end_of_each_cycle_and_nothing_else(whole):
                                                                        "snapshot-2.pt"]
     with (run / "metrics.csv").open() as handle:
         lrs = [float(row["lr"]) for row in csv.DictReader(handle)]
-    # One step per epoch. The trainer sets the rate after a step from the progress before it (the steps
-    # done then), so epoch e logs the rate of progress (e - 1) / 4: cycle 1's start and middle, then
-    # cycle 2's: restarted at 0.5.
-    assert lrs == pytest.approx([0.01, 0.0055, 0.01, 0.0055], abs=1e-9)
+    # One step per epoch. After a step the trainer sets the rate from the steps done, so epoch e logs the
+    # rate of progress e / 4: cycle 1's middle, cycle 2's restart at 0.5, its middle, then the floor.
+    assert lrs == pytest.approx([0.0055, 0.01, 0.0055, 0.001], abs=1e-9)
 
 
 def test_each_snapshot_holds_what_best_pt_would_of_its_epoch(whole):

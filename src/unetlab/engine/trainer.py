@@ -414,10 +414,10 @@ class Trainer:
             loss = train_step(self.step_model, self.optimizer, self.loss_fn, images, masks, cfg.train.precision,
                               progress_now, valid, cfg.optim.grad_clip_norm, self.scaler)
             self.averaging.update_step(self.state.global_step, progress_now)
+            self.state.global_step += 1  # before the schedule: the next step's rate is set from the steps done
             if self.scheduler.per_step:
                 self.scheduler.step(self.progress())
             loss_sum += loss
-            self.state.global_step += 1
             self._callbacks.on_step_end(self, step, loss)
         train_seconds = time.perf_counter() - self.epoch_start
         self.averaging.update_epoch(self.progress())
