@@ -79,6 +79,17 @@ def test_hit_after_miss_is_identical_and_never_decodes(tgs, monkeypatch):
     assert second.meta[second.ids[0]] == first.meta[first.ids[0]]  # depths survive
 
 
+def test_a_hit_still_obeys_a_lowered_pixel_limit(tgs, monkeypatch):
+    from unetlab.data.io import pixel_limit
+
+    cached_read_dataset("tgs", tgs)  # decoded under the default limit
+    forbid_reading(monkeypatch)
+    with pixel_limit(100 * 100), pytest.raises(DataError, match=r"cached in .*data\.max_pixels"):
+        cached_read_dataset("tgs", tgs)  # 101 x 101 images
+    with pixel_limit(101 * 101):
+        assert len(cached_read_dataset("tgs", tgs).ids) == 12
+
+
 def test_cached_arrays_are_read_only(tgs):
     cached_read_dataset("tgs", tgs)
     samples = cached_read_dataset("tgs", tgs)

@@ -49,6 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from unetlab.data.formats.samples import SegmentationSamples
+from unetlab.data.io import check_pixels
 from unetlab.errors import DataError
 
 CACHE_VERSION = 2  # 2: the index holds the format's palette
@@ -162,10 +163,14 @@ def cached_read(read: Callable[[], SegmentationSamples], root: str | Path, forma
     folder = cache / name
     if folder.is_dir():
         try:
-            return _load(folder, root_path)
+            hit = _load(folder, root_path)
         except CacheCorrupt as exc:
             warnings.warn(f"{folder}: corrupt data cache ({exc}); rebuilding it", UserWarning, stacklevel=2)
             _remove(folder)
+        else:  # decoded under an earlier, maybe higher, pixel limit: the limit in force now still holds
+            for sample_id, image in zip(hit.ids, hit.images):
+                check_pixels(root_path / f"{sample_id} (cached in {folder})", image.shape)
+            return hit
     samples = read()
     try:
         cache.mkdir(parents=True, exist_ok=True)
