@@ -124,6 +124,9 @@ def test_a_fingerprint_changed_only_by_new_config_keys_keeps_the_finished_cells(
     run_study(study, out, data_root=tgs_dir, log=lines.append, heartbeat_s=1, report=False)
     assert "[concat/seed-0] finished earlier: not trained again" in lines
     assert StudyFolder(out).read_fingerprint() == "0123456789abcdef"
+    # Again: study.yaml now holds the new fingerprint while the storage still holds the old grid's finished cells.
+    status = run_study(study, out, data_root=tgs_dir, log=_quiet, heartbeat_s=1, report=False)
+    assert status["left"] == [] and status["running"] == []
     # A finished cell that really differs is still refused.
     saved["optim"]["lr"] = 0.123
     cell.config_path.write_text(yaml.safe_dump(saved))

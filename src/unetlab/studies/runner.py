@@ -86,7 +86,8 @@ def check_grid(spec: StudySpec, folder: StudyFolder, fingerprint: str, storage: 
     study.db (`folder_storage`)."""
     old = folder.read_fingerprint()
     finished = folder.finished_cells()
-    same_cells = old != fingerprint and bool(finished) and _finished_cells_match(spec, folder)
+    # Checked whether or not study.yaml was already re-keyed: the storage keeps the old grid's cells after it is.
+    same_cells = bool(finished) and _finished_cells_match(spec, folder)
     if old is not None and old != fingerprint and finished and not same_cells:
         raise _grid_changed(spec, str(folder.path), len(finished))
     if storage is not None:
