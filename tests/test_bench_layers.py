@@ -99,8 +99,9 @@ def test_default_setting_follows_the_config():
 def test_bench_layers_end_to_end_on_a_tiny_model(tmp_path):
     lines: list[str] = []
     out = tmp_path / "layers.json"
-    result = bench_layers(load_config("tgs-salt", [*TINY, "model.stem=full"]), settings=["fp32-nchw"], min_seconds=0.001, steps=2,
-                          out=out, log=lines.append, peak_sides=(64, 128))
+    config = load_config("tgs-salt", [*TINY, "model.stem=full"])  # levels named from the full-resolution first one
+    result = bench_layers(config, settings=["fp32-nchw"], min_seconds=0.001, steps=2, out=out, log=lines.append,
+                          peak_sides=(64, 128))
     saved = json.loads(out.read_text())
     assert saved["input"] == "2x1x32x32" and saved["setting"] == "bf16-cl"
     assert saved["peak_gflops"]["bf16"] == max(v for k, v in saved["matmul_gflops"]["bf16"].items() if k != "peak")

@@ -22,6 +22,7 @@ at its next beat and stops the cell at the next training step (normally before t
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -86,13 +87,14 @@ def check_grid(spec: StudySpec, folder: StudyFolder, fingerprint: str, storage: 
     study.db (`folder_storage`)."""
     old = folder.read_fingerprint()
     finished = folder.finished_cells()
-    # Checked whether or not study.yaml was already re-keyed: the storage keeps the old grid's cells after it is.
-    same_cells = bool(finished) and _finished_cells_match(spec, folder)
-    if old is not None and old != fingerprint and finished and not same_cells:
+    # Read every finished cell's config only when a fingerprint differs; asked whether or not study.yaml was
+    # already re-keyed, since the storage keeps the old grid's cells after it is.
+    same_cells = functools.cache(lambda: bool(finished) and _finished_cells_match(spec, folder))
+    if old is not None and old != fingerprint and finished and not same_cells():
         raise _grid_changed(spec, str(folder.path), len(finished))
     if storage is not None:
         for other, (complete, running, where) in other_grids(storage, spec.name, fingerprint).items():
-            ours = same_cells and (folder_storage or where == str(folder.path.resolve()))
+            ours = (folder_storage or where == str(folder.path.resolve())) and same_cells()
             if running or (complete and not ours):
                 raise _grid_changed(spec, f"the storage (grid {other}, {running} cell(s) running)", complete)
 
